@@ -1,0 +1,166 @@
+"""Service configuration: one dataclass per role, filled from (lowest to highest precedence)
+defaults < TOML file (``[scheduler]``, ``[worker]``, ``[frontend]`` tables) < environment
+(``LLUMNIX_<FIELD>``, read once at start-up) < command-line flags (``--field-name``).
+
+The environment and argv are read only in ``load_config`` — nothing deeper reads them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+@dataclass
+class SchedulerConfig:
+    bind: str = "tcp://127.0.0.1:5555"
+    dispatch_policy: str = "llumnix"  # llumnix | llumnix-base | infaas++ | round-robin | least-queue
+    heartbeat_timeout_s: float = 1.0  # an instance silent this long is dropped from dispatch
+    report_period_s: float = 0.05  # what workers are told to use
+    enable_migration: bool = True
+    pairing_period_s: float = 0.1
+    migrate_out_threshold: float = -1.0  # None-like sentinel: use the policy default
+    migrate_in_threshold: float = -1.0
+    headroom_blocks: int = -1
+    max_migrations_per_pair: int = 1
+    autoscale_min: int = 0  # 0: auto-scaling off
+    autoscale_max: int = 0
+    scale_out_threshold: float = -1.0
+    scale_in_threshold: float = -1.0
+    scale_cooldown_s: float = 10.0
+    launcher: str = "none"  # none | local | compose
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0  # 0: no metrics endpoint
+    seed: int = 0
+    log_level: str = "INFO"
+    curve_dir: str = ""  # directory of CURVE keys; empty: plaintext
+
+
+@dataclass
+class WorkerConfig:
+    scheduler: str = "tcp://127.0.0.1:5555"
+    bind: str = "tcp://127.0.0.1:0"
+    advertise: str = ""  # address peers and frontends use; default: the bound endpoint
+    instance_id: str = ""  # default: worker-<pid>
+    engine: str = "sim"  # sim | torch | vllm
+    model: str = "sim"  # torch: tiny | smollm2 | PATH
+    profile: str = "llama-7b-a10"  # sim latency profile
+    time_scale: float = 1.0  # sim: sleep modelled step time x this (0: no sleep)
+    block_size: int = 16
+    num_blocks: int = 0  # 0: engine default
+    max_batch_size: int = 256
+    max_num_batched_tokens: int = 4096
+    max_model_len: int = 8192
+    chunked_prefill: bool = True
+    dtype: str = "float32"
+    device: str = "cpu"
+    report_period_s: float = 0.05
+    migration_policy: str = "shortest-running"
+    max_concurrent_migrations: int = 4
+    last_stage_max_blocks: int = 16
+    max_stages: int = 3
+    migration_timeout_s: float = 10.0
+    log_level: str = "INFO"
+    curve_dir: str = ""
+    seed: int = 0
+
+
+@dataclass
+class FrontendConfig:
+    scheduler: str = "tcp://127.0.0.1:5555"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    bind_tokens: str = "tcp://127.0.0.1:0"  # PULL socket workers push tokens to
+    advertise_tokens: str = ""
+    engine: str = "sim"  # picks the tokenizer with ``model``
+    model: str = "sim"
+    served_model_name: str = ""  # name in /v1/models; default: the model
+    max_model_len: int = 8192
+    max_body_bytes: int = 4 << 20
+    max_tokens_limit: int = 8192
+    dispatch_policy: str = "llumnix"  # fallback policy when the scheduler is unreachable
+    dispatch_timeout_s: float = 0.5
+    instance_refresh_s: float = 0.2
+    request_timeout_s: float = 600.0
+    expect_instances: int = 1  # /health is 200 once this many instances are live
+    admin_key: str = ""
+    api_keys: list = field(default_factory=list)
+    log_level: str = "INFO"
+    curve_dir: str = ""
+
+
+SECTIONS = {"scheduler": SchedulerConfig, "worker": WorkerConfig, "frontend": FrontendConfig}
+
+
+def add_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    parser.add_argument("--config", help="TOML file with a table per role")
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, dest=f.name, default=None,
+                                action=argparse.BooleanOptionalAction)
+        elif f.type in ("list", list):
+            parser.add_argument(flag, dest=f.name, default=None, action="append")
+        else:
+            parser.add_argument(flag, dest=f.name, default=None, type=_parse_type(f))
+
+
+def _parse_type(f: dataclasses.Field):
+    return {"int": int, "float": float, "str": str}.get(str(f.type), str)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    kind = str(f.type)
+    if kind == "bool":
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if kind == "list":
+        if isinstance(value, str):
+            return [v for v in (s.strip() for s in value.split(",")) if v]
+        return list(value)
+    return _parse_type(f)(value)
+
+
+def load_config(
+    section: str,
+    args: argparse.Namespace | None = None,
+    env: Mapping[str, str] | None = None,
+    toml_text: str | None = None,
+):
+    cls = SECTIONS[section]
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = getattr(args, "config", None) if args is not None else None
+    if toml_text is None and path:
+        with open(path, "rb") as fh:
+            toml_text = fh.read().decode()
+    table = tomllib.loads(toml_text).get(section, {}) if toml_text else {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(table) - set(fields)
+    if unknown:
+        raise ValueError(f"[{section}] unknown keys: {sorted(unknown)}")
+    for name, f in fields.items():
+        if name in table:
+            values[name] = _coerce(f, table[name])
+        env_value = env.get("LLUMNIX_" + name.upper())
+        if env_value is not None:
+            values[name] = _coerce(f, env_value)
+        if args is not None and getattr(args, name, None) is not None:
+            values[name] = _coerce(f, getattr(args, name))
+    return cls(**values)
+
+
+def parse_args(section: str, argv: Sequence[str] | None = None):
+    parser = argparse.ArgumentParser(prog=f"llumnix-zmq {section}")
+    add_flags(parser, SECTIONS[section])
+    return load_config(section, parser.parse_args(argv))

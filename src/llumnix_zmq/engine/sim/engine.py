@@ -1,0 +1,520 @@
+"""The ``sim`` engine: real block accounting and continuous batching, modelled step times, no model.
+
+Token positions and KV. A request's tokens are ``prompt + outputs``; a position's KV is
+"computed" once a step has processed it, and the sim's KV cache is a numpy pool
+``[num_blocks, block_size]`` of int32 holding the token id computed at each slot (-1: empty)::
+
+    tokens      p0 p1 p2 p3 p4 | o0 o1 o2        num_computed = 7: o2 is sampled, its KV not yet
+    block table [b3: p0..p3] [b7: p4 o0 o1 -1]   written (the next decode writes it, samples o3)
+
+Each step: running decodes first (1 token each, oldest admitted first), then running partial
+prefills, then waiting requests (HIGH before NORMAL, FCFS within each; preempted ones return to
+the front), all under ``max_num_batched_tokens``. Blocks are allocated as positions need them.
+
+| event                          | what happens                                              |
+|--------------------------------|-----------------------------------------------------------|
+| decode/chunk needs a block, none free | preempt the most recently admitted NORMAL running request (HIGH only if no NORMAL), by recompute: blocks freed, outputs kept, back to the front of the waiting queue; no admission in that step |
+| prefill of all tokens completes | sample the token at output index len(outputs)            |
+| token in stop_token_ids        | finish STOP (the stop token is the last output token)     |
+| len(tokens) reaches prompt+max_tokens or max_model_len | finish LENGTH                    |
+
+Pseudo tokens: the token at output index ``i`` is ``pseudo_token(prompt_hash(prompt, seed), i)``,
+printable ASCII (letters 97..122 and space 32), so a migrated, preempted or resumed request
+produces exactly the tokens of an undisturbed one. The sim never emits EOS on its own: a request
+stops early only on one of its ``stop_token_ids``; an EOS id there can never match (EOS is not
+printable), so such requests run to max_tokens / max_model_len.
+
+The engine never sleeps: ``StepResult.duration_s`` is the profile's modelled step time and the
+caller (worker in real time, simulator in virtual time) decides what to do with it. A step with
+nothing to schedule returns no deltas and duration 0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import deque
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional, Sequence
+
+import numpy as np
+
+from ...clock import Clock, SystemClock
+from ...protocol.messages import FinishReason, InstanceLoad, Priority, RequestLoad, RequestState, TokenDelta
+from ..base import Engine, EngineError, EngineRequest, MigrationCandidate, StepResult
+from ..blocks import BlockAllocator, blocks_for_tokens
+from .profiles import DEFAULT_PROFILE, get_profile
+
+_M64 = (1 << 64) - 1
+_ALPHABET = tuple(range(97, 123)) + (32,) * 6  # 32 symbols: ~1 space in 5 letters
+
+
+def prompt_hash(prompt_token_ids: Sequence[int], seed: Optional[int] = None) -> int:
+    """Stable 64-bit key of a request's token stream (seed None counts as 0)."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(np.asarray(prompt_token_ids, dtype=np.int64).tobytes())
+    h.update(((seed or 0) & _M64).to_bytes(8, "little"))
+    return int.from_bytes(h.digest(), "little")
+
+
+def pseudo_token(prompt_ids_hash: int, index: int) -> int:
+    """The token at output index ``index`` (splitmix64 of key and index, into the alphabet)."""
+    x = (prompt_ids_hash + (index + 1) * 0x9E3779B97F4A7C15) & _M64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
+    return _ALPHABET[(x ^ (x >> 31)) & 31]
+
+
+def pseudo_tokens(prompt_token_ids: Sequence[int], seed: Optional[int], start: int, end: int) -> list[int]:
+    key = prompt_hash(prompt_token_ids, seed)
+    return [pseudo_token(key, i) for i in range(start, end)]
+
+
+@dataclass
+class SimConfig:
+    profile: str = DEFAULT_PROFILE
+    block_size: int = 16
+    num_blocks: Optional[int] = None  # None: the profile's KV capacity (rescaled to block_size)
+    max_batch_size: int = 256
+    max_num_batched_tokens: int = 4096
+    chunked_prefill: bool = True
+    max_model_len: int = 8192  # clamped to the pool's capacity in tokens
+    vocab_size: int = 259  # byte tokenizer
+    eos_token_id: int = 257
+    model_name: str = "sim"
+
+
+class _Status(Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    SUSPENDED = "suspended"
+
+
+class _Req:
+    __slots__ = (
+        "request_id", "tokens", "num_prompt", "sampling", "priority", "frontend_address",
+        "arrival_time", "key", "stop", "max_len", "blocks", "num_computed", "status",
+        "in_decode", "running_since",
+    )
+
+    def __init__(self, rid, prompt, outputs, sampling, priority, frontend_address, arrival_time, max_len):
+        self.request_id = rid
+        self.tokens = [int(t) for t in prompt] + [int(t) for t in outputs]
+        self.num_prompt = len(prompt)
+        self.sampling = sampling
+        self.priority = Priority(priority)
+        self.frontend_address = frontend_address
+        self.arrival_time = arrival_time
+        self.key = prompt_hash(prompt, sampling.seed)
+        self.stop = frozenset(sampling.stop_token_ids)
+        self.max_len = min(max_len, self.num_prompt + sampling.max_tokens)
+        self.blocks: list[int] = []
+        self.num_computed = 0
+        self.status = _Status.WAITING
+        self.in_decode = False  # prefill done: each step computes 1 position and samples
+        self.running_since: Optional[float] = None
+
+
+class _Batch:
+    """The plan of one step: request id -> positions to compute, in execution order."""
+
+    __slots__ = ("plan", "budget", "num_preempted", "prefill_tokens")
+
+    def __init__(self, budget: int):
+        self.plan: dict[str, int] = {}
+        self.budget = budget
+        self.num_preempted = 0
+        self.prefill_tokens = 0
+
+    def add(self, r: _Req, n: int) -> None:
+        self.plan[r.request_id] = n
+        self.budget -= n
+        if not r.in_decode:
+            self.prefill_tokens += n
+
+
+class SimEngine(Engine):
+    kind = "sim"
+
+    def __init__(self, config: Optional[SimConfig] = None, clock: Optional[Clock] = None):
+        cfg = config or SimConfig()
+        self.config = cfg
+        self.profile = get_profile(cfg.profile)
+        if cfg.block_size <= 0 or cfg.max_batch_size <= 0 or cfg.max_num_batched_tokens <= 0:
+            raise ValueError("block_size, max_batch_size and max_num_batched_tokens must be positive")
+        self.block_size = cfg.block_size
+        self.num_blocks = cfg.num_blocks or self.profile.num_blocks * self.profile.block_size // cfg.block_size
+        self.max_model_len = min(cfg.max_model_len, self.num_blocks * cfg.block_size)
+        self.max_batch_size = cfg.max_batch_size
+        self.max_num_batched_tokens = cfg.max_num_batched_tokens
+        self.model_name = cfg.model_name
+        self.vocab_size = cfg.vocab_size
+        self.eos_token_id = cfg.eos_token_id
+        self._clock = clock or SystemClock()
+        self._alloc = BlockAllocator(self.num_blocks)
+        self._kv = np.full((self.num_blocks, self.block_size), -1, dtype=np.int32)
+        self._requests: dict[str, _Req] = {}
+        self._running: dict[str, _Req] = {}  # admission order: the last is preempted first
+        self._suspended: dict[str, _Req] = {}
+        self._waiting = {Priority.HIGH: deque(), Priority.NORMAL: deque()}
+        self._reserved: set[int] = set()
+        self.num_steps = 0
+        self.num_preemptions = 0
+        self.num_preempted_tokens = 0  # computed positions thrown away (recompute loss)
+
+    # --- serving -------------------------------------------------------------------------
+    def add_request(self, req: EngineRequest) -> None:
+        if req.request_id in self._requests:
+            raise EngineError(f"duplicate request id {req.request_id!r}")
+        r = self._new_req(req.request_id, req.prompt_token_ids, req.output_token_ids, req.sampling,
+                          req.priority, req.frontend_address, req.arrival_time)
+        if blocks_for_tokens(len(r.tokens), self.block_size) > self.num_blocks:
+            raise EngineError(f"{len(r.tokens)} tokens can never fit {self.num_blocks} blocks")
+        self._requests[r.request_id] = r
+        self._waiting[r.priority].append(r)
+
+    def abort_request(self, request_id: str) -> bool:
+        r = self._requests.get(request_id)
+        if r is None:
+            return False
+        self._drop(r)
+        return True
+
+    def has_work(self) -> bool:
+        return bool(self._running or self._waiting[Priority.HIGH] or self._waiting[Priority.NORMAL])
+
+    def step(self) -> StepResult:
+        self.num_steps += 1
+        batch = _Batch(self.max_num_batched_tokens)
+        self._schedule_running(batch)
+        if not batch.num_preempted:
+            self._admit_waiting(batch)
+        return self._execute(batch)
+
+    def load(self) -> InstanceLoad:
+        reqs = [RequestLoad(r.request_id, len(r.blocks), r.priority, len(r.tokens), True, False)
+                for r in self._running.values()]
+        reqs += [RequestLoad(r.request_id, len(r.blocks), r.priority, len(r.tokens), True, True)
+                 for r in self._suspended.values()]
+        bs = self.block_size
+        for q in (self._waiting[Priority.HIGH], self._waiting[Priority.NORMAL]):
+            reqs += [RequestLoad(r.request_id, blocks_for_tokens(len(r.tokens), bs), r.priority,
+                                 len(r.tokens), False, False) for r in q]
+        return InstanceLoad(
+            num_blocks_total=self.num_blocks,
+            num_blocks_used=self._alloc.num_used,
+            num_running=len(self._running),
+            num_waiting=self.num_waiting(),
+            max_batch_size=self.max_batch_size,
+            block_size=bs,
+            requests=tuple(reqs),
+        )
+
+    def num_free_blocks(self) -> int:
+        return self._alloc.num_free
+
+    def num_waiting(self) -> int:
+        return len(self._waiting[Priority.HIGH]) + len(self._waiting[Priority.NORMAL])
+
+    def request_block_ids(self, request_id: str) -> list[int]:
+        return list(self._get(request_id).blocks)
+
+    # --- scheduling ----------------------------------------------------------------------
+    def _schedule_running(self, batch: _Batch) -> None:
+        full = self.block_size
+        prefills = []
+        for r in list(self._running.values()):  # _grow may preempt: iterate a copy
+            if not r.in_decode:
+                prefills.append(r)
+            elif batch.budget <= 0:
+                break
+            elif r.status is _Status.RUNNING:  # not preempted earlier in this step
+                if r.num_computed == len(r.blocks) * full and not self._grow(r, 1, batch):
+                    continue
+                batch.plan[r.request_id] = 1
+                batch.budget -= 1
+        for r in prefills:
+            if batch.budget <= 0:
+                return
+            if r.status is not _Status.RUNNING:
+                continue
+            n = min(len(r.tokens) - r.num_computed, batch.budget)
+            if self._grow(r, n, batch):
+                batch.add(r, n)
+
+    def _admit_waiting(self, batch: _Batch) -> None:
+        chunked = self.config.chunked_prefill
+        while batch.budget > 0 and len(self._running) < self.max_batch_size:
+            q = self._waiting[Priority.HIGH] or self._waiting[Priority.NORMAL]
+            if not q:
+                return
+            r = q[0]
+            remaining = len(r.tokens)
+            if chunked:
+                n = min(remaining, batch.budget)
+            elif remaining <= batch.budget:
+                n = remaining
+            elif remaining > self.max_num_batched_tokens and batch.prefill_tokens == 0:
+                n = remaining  # too big for any budget: alone among prefills
+            else:
+                return
+            need = blocks_for_tokens(n, self.block_size)
+            if need > self._alloc.num_free:
+                return
+            q.popleft()
+            r.blocks = self._allocate(need)
+            r.status = _Status.RUNNING
+            if r.running_since is None:
+                r.running_since = self._clock.now()
+            self._running[r.request_id] = r
+            batch.add(r, n)
+
+    def _grow(self, r: _Req, n: int, batch: _Batch) -> bool:
+        """Give ``r`` the blocks for ``n`` more positions, preempting if needed; False if ``r``
+        itself was preempted."""
+        need = blocks_for_tokens(r.num_computed + n, self.block_size) - len(r.blocks)
+        if need <= 0:
+            return True
+        while need > self._alloc.num_free:
+            victim = self._victim()
+            self._preempt(victim, batch)
+            if victim is r:
+                return False
+        r.blocks += self._allocate(need)
+        return True
+
+    def _victim(self) -> _Req:
+        for r in reversed(self._running.values()):
+            if r.priority is not Priority.HIGH:
+                return r
+        return next(reversed(self._running.values()))
+
+    def _preempt(self, r: _Req, batch: _Batch) -> None:
+        del self._running[r.request_id]
+        batch.budget += batch.plan.pop(r.request_id, 0)
+        batch.num_preempted += 1
+        self.num_preemptions += 1
+        self.num_preempted_tokens += r.num_computed
+        self._alloc.free(r.blocks)
+        r.blocks = []
+        r.num_computed = 0
+        r.in_decode = False
+        r.status = _Status.WAITING
+        self._waiting[r.priority].appendleft(r)
+
+    def _execute(self, batch: _Batch) -> StepResult:
+        deltas: list[TokenDelta] = []
+        kv, bs = self._kv, self.block_size
+        n_prefill = n_decode = kv_tokens = 0
+        for rid, n in batch.plan.items():
+            r = self._running[rid]
+            pos = r.num_computed
+            if r.in_decode:
+                n_decode += 1
+                kv_tokens += pos + 1
+                kv[r.blocks[pos // bs], pos % bs] = r.tokens[pos]
+            else:
+                n_prefill += n
+                self._write(r, pos, pos + n)
+            r.num_computed = pos + n
+            if r.num_computed == len(r.tokens):
+                deltas.append(self._sample(r))
+        duration = self.profile.step_s(n_prefill, n_decode, kv_tokens)
+        return StepResult(deltas, duration, n_prefill, n_decode, batch.num_preempted)
+
+    def _write(self, r: _Req, start: int, end: int) -> None:
+        """Store the token ids of positions [start, end) in the request's blocks."""
+        bs = self.block_size
+        ids = np.asarray(r.tokens[start:end], dtype=np.int32)
+        pos = start
+        while pos < end:
+            i, off = divmod(pos, bs)
+            m = min(bs - off, end - pos)
+            self._kv[r.blocks[i], off:off + m] = ids[pos - start:pos - start + m]
+            pos += m
+
+    def _sample(self, r: _Req) -> TokenDelta:
+        index = len(r.tokens) - r.num_prompt
+        tok = pseudo_token(r.key, index)
+        r.tokens.append(tok)
+        r.in_decode = True
+        reason = FinishReason.NONE
+        if tok in r.stop:
+            reason = FinishReason.STOP
+        elif len(r.tokens) >= r.max_len:
+            reason = FinishReason.LENGTH
+        if reason is not FinishReason.NONE:
+            self._drop(r)
+        return TokenDelta(r.request_id, index, (tok,), reason, r.num_prompt)
+
+    # --- bookkeeping ---------------------------------------------------------------------
+    def _new_req(self, rid, prompt, outputs, sampling, priority, frontend_address, arrival_time) -> _Req:
+        if not prompt:
+            raise EngineError(f"{rid}: empty prompt")
+        if len(prompt) > self.max_model_len:
+            raise EngineError(f"{rid}: prompt of {len(prompt)} tokens exceeds max_model_len {self.max_model_len}")
+        if sampling.max_tokens < 1:
+            raise EngineError(f"{rid}: max_tokens must be >= 1")
+        r = _Req(rid, prompt, outputs, sampling, priority, frontend_address, arrival_time, self.max_model_len)
+        if outputs and len(r.tokens) >= r.max_len:
+            raise EngineError(f"{rid}: already finished ({len(outputs)} output tokens)")
+        return r
+
+    def _allocate(self, n: int) -> list[int]:
+        ids = self._alloc.allocate(n)
+        self._kv[ids] = -1
+        return ids
+
+    def _get(self, request_id: str) -> _Req:
+        r = self._requests.get(request_id)
+        if r is None:
+            raise EngineError(f"unknown request {request_id!r}")
+        return r
+
+    def _admitted(self, request_id: str) -> _Req:
+        r = self._get(request_id)
+        if r.status is _Status.WAITING:
+            raise EngineError(f"{request_id} is waiting: it has no KV blocks")
+        return r
+
+    def _drop(self, r: _Req) -> None:
+        if r.status is _Status.WAITING:
+            self._waiting[r.priority].remove(r)
+        elif r.status is _Status.RUNNING:
+            del self._running[r.request_id]
+        else:
+            del self._suspended[r.request_id]
+        if r.blocks:
+            self._alloc.free(r.blocks)
+            r.blocks = []
+        del self._requests[r.request_id]
+
+    def allocator_check(self) -> None:
+        """Raise AssertionError unless every used block belongs to exactly one request table or
+        pending reservation and the queues agree with the registry."""
+        self._alloc.check()
+        owned = list(self._reserved)
+        for r in self._requests.values():
+            if r.status is _Status.WAITING and r.blocks:
+                raise AssertionError(f"waiting request {r.request_id} holds blocks")
+            if len(r.blocks) < blocks_for_tokens(r.num_computed, self.block_size):
+                raise AssertionError(f"{r.request_id}: {r.num_computed} positions in {len(r.blocks)} blocks")
+            owned += r.blocks
+        if len(set(owned)) != len(owned):
+            raise AssertionError("a block is in two tables")
+        if len(owned) != self._alloc.num_used or not all(self._alloc.is_used(b) for b in owned):
+            raise AssertionError(f"leak: {self._alloc.num_used} used, {len(owned)} owned")
+        if len(self._requests) != len(self._running) + len(self._suspended) + self.num_waiting():
+            raise AssertionError("request registry and queues disagree")
+
+    # --- migration hooks -----------------------------------------------------------------
+    def migration_candidates(self) -> list[MigrationCandidate]:
+        return [
+            MigrationCandidate(r.request_id, len(r.tokens), len(r.blocks), r.priority,
+                               r.arrival_time, r.running_since)
+            for r in self._running.values() if r.in_decode
+        ]
+
+    def num_full_blocks(self, request_id: str) -> int:
+        return self._admitted(request_id).num_computed // self.block_size
+
+    def export_blocks(self, request_id: str, start: int, end: int) -> list:
+        r = self._admitted(request_id)
+        if not 0 <= start <= end <= len(r.blocks):
+            raise EngineError(f"{request_id}: blocks [{start}, {end}) outside its {len(r.blocks)}")
+        return [self._kv[r.blocks[start:end]]]  # fancy indexing: a contiguous copy
+
+    def reserve_blocks(self, n: int) -> list[int] | None:
+        if n < 0:
+            raise EngineError("negative reservation")
+        if not self._alloc.can_allocate(n):
+            return None
+        ids = self._allocate(n)
+        self._reserved.update(ids)
+        return ids
+
+    def import_blocks(self, block_ids: list[int], frames: list) -> None:
+        self._check_reserved(block_ids)
+        if not block_ids:
+            return
+        if len(frames) != 1:
+            raise EngineError(f"expected one frame, got {len(frames)}")
+        self._kv[block_ids] = self._frame_array(frames[0], len(block_ids))
+
+    def _frame_array(self, frame, n: int) -> np.ndarray:
+        shape = (n, self.block_size)
+        if isinstance(frame, np.ndarray):
+            if frame.dtype != np.int32 or frame.shape != shape:
+                raise EngineError(f"frame {frame.dtype}{frame.shape}, expected int32{shape}")
+            return frame
+        try:
+            buf = memoryview(frame).cast("B")
+        except TypeError as exc:
+            raise EngineError(f"frame is not a buffer: {type(frame).__name__}") from exc
+        if buf.nbytes != n * self.block_size * 4:
+            raise EngineError(f"frame of {buf.nbytes} bytes, expected {n * self.block_size * 4}")
+        return np.frombuffer(buf, dtype=np.int32).reshape(shape)
+
+    def release_blocks(self, block_ids: list[int]) -> None:
+        self._check_reserved(block_ids)
+        self._reserved.difference_update(block_ids)
+        self._alloc.free(block_ids)
+
+    def _check_reserved(self, block_ids: list[int]) -> None:
+        if len(set(block_ids)) != len(block_ids) or not self._reserved.issuperset(block_ids):
+            raise EngineError(f"blocks not reserved (or repeated): {list(block_ids)[:8]}")
+
+    def suspend(self, request_id: str) -> None:
+        r = self._get(request_id)
+        if r.status is not _Status.RUNNING:
+            raise EngineError(f"cannot suspend {request_id}: {r.status.value}")
+        del self._running[request_id]
+        r.status = _Status.SUSPENDED
+        self._suspended[request_id] = r
+
+    def resume(self, request_id: str) -> None:
+        r = self._get(request_id)
+        if r.status is not _Status.SUSPENDED:
+            raise EngineError(f"cannot resume {request_id}: {r.status.value}")
+        del self._suspended[request_id]
+        r.status = _Status.RUNNING
+        self._running[request_id] = r
+
+    def export_state(self, request_id: str) -> RequestState:
+        r = self._admitted(request_id)
+        return RequestState(
+            request_id=r.request_id,
+            frontend_address=r.frontend_address,
+            prompt_token_ids=tuple(r.tokens[: r.num_prompt]),
+            output_token_ids=tuple(r.tokens[r.num_prompt:]),
+            sampling=r.sampling,
+            priority=r.priority,
+            num_computed_tokens=r.num_computed,
+            arrival_time=r.arrival_time,
+        )
+
+    def import_request(self, state: RequestState, block_ids: list[int]) -> None:
+        rid = state.request_id
+        if rid in self._requests:
+            raise EngineError(f"duplicate request id {rid!r}")
+        self._check_reserved(block_ids)
+        r = self._new_req(rid, state.prompt_token_ids, state.output_token_ids, state.sampling,
+                          state.priority, state.frontend_address, state.arrival_time)
+        nc = state.num_computed_tokens
+        if not 0 <= nc < len(r.tokens) or len(block_ids) < blocks_for_tokens(nc, self.block_size):
+            raise EngineError(f"{rid}: {nc} computed of {len(r.tokens)} tokens in {len(block_ids)} blocks")
+        expected = np.full(len(block_ids) * self.block_size, -1, dtype=np.int32)
+        expected[:nc] = r.tokens[:nc]
+        if not np.array_equal(self._kv[block_ids].reshape(-1), expected):
+            raise EngineError(f"{rid}: imported KV blocks do not match its tokens")
+        self._reserved.difference_update(block_ids)
+        r.blocks = list(block_ids)
+        r.num_computed = nc
+        r.in_decode = r.num_prompt < len(r.tokens) and nc == len(r.tokens) - 1
+        r.status = _Status.RUNNING
+        r.running_since = self._clock.now()
+        self._requests[rid] = r
+        self._running[rid] = r
+
+    def remove_request(self, request_id: str) -> None:
+        self._drop(self._get(request_id))

@@ -1,0 +1,226 @@
+"""The frontend's side of the mesh: scheduler link, last-known instance table, worker links,
+token intake.
+
+- ``to_scheduler``: DEALER → scheduler ROUTER (dispatch queries, instance table, admin orders).
+- ``recv_tokens``: PULL bound at ``bind_tokens``; every worker PUSHes TokenBatches here.
+- ``to_workers``: one DEALER per worker address (Generate/Abort), created on first use.
+
+If the scheduler stops answering, dispatch falls back to the last-known load table (logged and
+counted); the table is rebuilt from the scheduler as soon as it answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+
+import zmq
+import zmq.asyncio
+
+from ..protocol.codec import DecodeError, decode, encode
+from ..protocol.messages import (
+    AbortRequest,
+    DispatchQuery,
+    ErrorCode,
+    ErrorReply,
+    FrontendGone,
+    GenerateRequest,
+    InstanceInfo,
+    InstanceState,
+    ListInstances,
+    MigrateCommand,
+    MigrateCommandReply,
+    Priority,
+    TokenBatch,
+)
+from ..scheduler.decisions import local_dispatch
+from ..transport.rpc import RpcClient, RpcError, send_nowait
+from ..transport.sockets import bound_address, make_socket
+from .streams import RequestStream, StreamEnd
+
+log = logging.getLogger(__name__)
+
+
+class NoInstance(Exception):
+    pass
+
+
+class Cluster:
+    def __init__(self, cfg, ctx: zmq.asyncio.Context, metrics):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.metrics = metrics
+        self.to_scheduler = RpcClient(make_socket(ctx, zmq.DEALER, cfg.scheduler, bind=False))
+        self.recv_tokens = make_socket(ctx, zmq.PULL, cfg.bind_tokens, bind=True)
+        self.tokens_address = cfg.advertise_tokens or bound_address(self.recv_tokens)
+        self.to_workers: dict[str, zmq.asyncio.Socket] = {}
+        self.instances: dict[str, InstanceInfo] = {}
+        self.streams: dict[str, RequestStream] = {}
+        self.scheduler_ok = False
+        self.scheduler_epoch = ""
+        self.rng = random.Random(0)
+        self.rr_state = None
+        self._tasks: list[asyncio.Task] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self.to_scheduler.start()
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self.token_loop(), name="tokens"),
+                       loop.create_task(self.refresh_loop(), name="refresh")]
+
+    @property
+    def tasks(self) -> list[asyncio.Task]:
+        return self._tasks
+
+    async def close(self) -> None:
+        for address, sock in self.to_workers.items():  # workers free this frontend's requests
+            send_nowait(sock, encode(FrontendGone(self.tokens_address)))
+        await asyncio.sleep(0.01)
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.to_scheduler.close()
+        for sock in self.to_workers.values():
+            sock.close(linger=0)
+        self.recv_tokens.close(linger=0)
+
+    def live_instances(self) -> list[InstanceInfo]:
+        return [i for i in self.instances.values() if i.state == InstanceState.ACTIVE]
+
+    # --- the instance table ----------------------------------------------------------------
+    async def refresh_loop(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.cfg.instance_refresh_s)
+
+    async def refresh(self) -> None:
+        try:
+            table = await self.to_scheduler.call(ListInstances, self.cfg.dispatch_timeout_s)
+        except RpcError as exc:
+            if self.scheduler_ok:
+                log.warning("scheduler unreachable (%s): serving from the last-known table of "
+                            "%d instances", exc.message, len(self.instances))
+            self.scheduler_ok = False
+            self.metrics.scheduler_up.set(0)
+            return
+        if not self.scheduler_ok:
+            log.info("scheduler %s reachable: %d instances", table.scheduler_epoch,
+                     len(table.instances))
+        self.scheduler_ok = True
+        self.scheduler_epoch = table.scheduler_epoch
+        self.metrics.scheduler_up.set(1)
+        fresh = {i.instance_id: i for i in table.instances}
+        if not fresh and self.instances:
+            return  # a restarted scheduler that has not heard from workers yet: keep the table
+        for gone in set(self.instances) - set(fresh):
+            self.on_instance_gone(gone)
+        self.instances = fresh
+        self.metrics.observe_instances(table.instances)
+
+    def on_instance_gone(self, instance_id: str) -> None:
+        info = self.instances.get(instance_id)
+        address = info.address if info else ""
+        sock = self.to_workers.pop(address, None)
+        if sock is not None:
+            sock.close(linger=0)
+        failed = [s for s in self.streams.values() if s.instance_id == instance_id and not s.finished]
+        for s in failed:
+            s.finish(StreamEnd("error", f"instance {instance_id} died while serving the request",
+                               503))
+        log.warning("instance %s left the cluster; %d in-flight requests failed", instance_id,
+                    len(failed))
+        self.metrics.instance_failures.inc(len(failed))
+
+    # --- dispatch and submission -----------------------------------------------------------
+    async def dispatch(self, request_id: str, num_prompt_tokens: int, priority: Priority,
+                       exclude: tuple[str, ...] = ()) -> tuple[str, str]:
+        try:
+            reply = await self.to_scheduler.call(
+                lambda q: DispatchQuery(q, request_id, num_prompt_tokens, priority, exclude),
+                self.cfg.dispatch_timeout_s)
+            self.scheduler_ok = True
+            return reply.instance_id, reply.address
+        except RpcError as exc:
+            if exc.code == ErrorCode.NO_INSTANCE:
+                raise NoInstance(exc.message) from None
+            self.scheduler_ok = False
+            self.metrics.fallback_dispatch.inc()
+            log.warning("dispatch of %s from the last-known table (scheduler: %s)", request_id,
+                        exc.message)
+        infos = [i for i in self.live_instances() if i.instance_id not in exclude]
+        choice = local_dispatch(self.cfg.dispatch_policy, infos, num_prompt_tokens, priority,
+                                self.rng, self)
+        if choice is None:
+            raise NoInstance("no live instance known")
+        return choice, self.instances[choice].address
+
+    def worker_socket(self, address: str):
+        sock = self.to_workers.get(address)
+        if sock is None:
+            sock = make_socket(self.ctx, zmq.DEALER, address, bind=False)
+            self.to_workers[address] = sock
+            asyncio.get_running_loop().create_task(self._drain_worker(address, sock))
+        return sock
+
+    async def _drain_worker(self, address: str, sock) -> None:
+        """Workers answer only malformed input on this socket: log it."""
+        try:
+            while True:
+                frames = await sock.recv_multipart()
+                try:
+                    msg, _ = decode(frames)
+                except DecodeError as exc:
+                    log.warning("malformed reply from %s: %s", address, exc.message)
+                    continue
+                if isinstance(msg, ErrorReply):
+                    log.warning("worker %s: %s %s", address, msg.code.name, msg.message)
+        except (asyncio.CancelledError, zmq.ZMQError):
+            return
+
+    async def submit(self, stream: RequestStream, msg: GenerateRequest, priority: Priority,
+                     exclude: tuple[str, ...] = ()) -> str:
+        instance_id, address = await self.dispatch(msg.request_id, len(msg.prompt_token_ids),
+                                                   priority, exclude)
+        stream.instance_id = instance_id
+        self.streams[msg.request_id] = stream
+        await self.worker_socket(address).send_multipart(encode(msg), copy=False)
+        return instance_id
+
+    def abort(self, request_id: str, reason: str) -> None:
+        stream = self.streams.pop(request_id, None)
+        if stream is None:
+            return
+        info = self.instances.get(stream.instance_id)
+        if info is not None:
+            send_nowait(self.worker_socket(info.address), encode(AbortRequest(request_id, reason)))
+
+    def forget(self, request_id: str) -> None:
+        self.streams.pop(request_id, None)
+
+    # --- tokens ----------------------------------------------------------------------------
+    async def token_loop(self) -> None:
+        while True:
+            frames = await self.recv_tokens.recv_multipart(copy=False)
+            try:
+                msg, _ = decode(frames)
+            except DecodeError as exc:
+                log.warning("malformed token batch dropped: %s", exc.message)
+                continue
+            if not isinstance(msg, TokenBatch):
+                log.warning("unexpected %s on the token socket", type(msg).__name__)
+                continue
+            for delta in msg.items:
+                stream = self.streams.get(delta.request_id)
+                if stream is not None:
+                    before = len(stream.output_ids)
+                    stream.on_delta(delta, msg.instance_id)
+                    self.metrics.tokens.inc(len(stream.output_ids) - before)
+
+    # --- admin -----------------------------------------------------------------------------
+    async def migrate(self, source: str, destination: str, request_ids: tuple[str, ...],
+                      num: int, timeout: float = 5.0) -> MigrateCommandReply:
+        return await self.to_scheduler.call(
+            lambda q: MigrateCommand(q, source, destination, "", num, request_ids, "admin"),
+            timeout)

@@ -1,0 +1,42 @@
+"""``llumnix-zmq frontend``: the OpenAI-compatible endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import zmq.asyncio
+from aiohttp import web
+
+from ..common.aio import supervise
+from ..config import FrontendConfig
+from ..tokenizer import load_tokenizer
+from .cluster import Cluster
+from .metrics import FrontendMetrics
+from .server import FrontendServer
+
+log = logging.getLogger(__name__)
+
+
+async def serve(cfg: FrontendConfig, stop: asyncio.Event) -> None:
+    tokenizer = load_tokenizer(cfg.engine, cfg.model)
+    ctx = zmq.asyncio.Context()
+    metrics = FrontendMetrics()
+    cluster = Cluster(cfg, ctx, metrics)
+    server = FrontendServer(cfg, cluster, tokenizer, metrics)
+    runner = web.AppRunner(server.app(), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    try:
+        cluster.start()
+        for t in cluster.tasks:
+            supervise(t, stop, log)
+        site = web.TCPSite(runner, cfg.host, cfg.port)
+        await site.start()
+        log.info("frontend serving %s on http://%s:%d/v1 (tokens at %s)",
+                 server.model_name, cfg.host, cfg.port, cluster.tokens_address)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+        await cluster.close()
+        ctx.term()
+        log.info("frontend stopped")

@@ -1,0 +1,143 @@
+"""One client request as the frontend sees it: ordered token assembly, incremental
+detokenisation, stop strings, and the events the HTTP handler streams.
+
+Token deltas may arrive from two workers around a migration (the source's last batch can land
+after the destination's first), or twice after a resume: each delta carries ``start_index``,
+so ``on_delta`` drops what it already has and parks what comes early until the gap fills.
+The client therefore sees every token exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from ..protocol.messages import FinishReason, TokenDelta
+
+FINISH_NAMES = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
+                FinishReason.ABORT: "abort", FinishReason.ERROR: "error"}
+
+
+@dataclass
+class StreamEnd:
+    reason: str  # "stop" | "length" | "error" | "abort"
+    error: str = ""
+    status: int = 500
+
+
+@dataclass
+class RequestStream:
+    request_id: str
+    prompt_token_ids: list[int]
+    tokenizer: object
+    stop: list[str]
+    max_tokens: int
+    instance_id: str = ""
+    created: float = field(default_factory=time.time)
+    output_ids: list[int] = field(default_factory=list)
+    text: str = ""  # detokenised output (cut at a stop string)
+    emitted: int = 0  # characters of ``text`` handed to the client
+    end: StreamEnd | None = None
+    stop_hit: bool = False
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    token_gaps: list[float] = field(default_factory=list)
+    resumes: int = 0
+
+    def __post_init__(self):
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self._pending: dict[int, TokenDelta] = {}
+        self._prefix = 0  # incremental detokenisation window
+        self._read = 0
+        self._hold = max((len(s) for s in self.stop), default=1) - 1
+
+    @property
+    def finished(self) -> bool:
+        return self.end is not None
+
+    # --- input -----------------------------------------------------------------------
+    def on_delta(self, delta: TokenDelta, instance_id: str) -> None:
+        if self.finished:
+            return
+        if delta.finish_reason == FinishReason.ERROR:
+            self.finish(StreamEnd("error", delta.error or "request failed",
+                                  _status_for(delta.error_code)))
+            return
+        if delta.token_ids or delta.finish_reason != FinishReason.NONE:
+            self.instance_id = instance_id or self.instance_id
+        if delta.start_index > len(self.output_ids):
+            self._pending[delta.start_index] = delta
+            return
+        self._apply(delta)
+        while len(self.output_ids) in self._pending and not self.finished:
+            self._apply(self._pending.pop(len(self.output_ids)))
+
+    def _apply(self, delta: TokenDelta) -> None:
+        skip = len(self.output_ids) - delta.start_index
+        new = list(delta.token_ids[skip:]) if skip < len(delta.token_ids) else []
+        if new:
+            now = time.monotonic()
+            if self.first_token_at is None:
+                self.first_token_at = now
+            elif self.last_token_at is not None:
+                self.token_gaps.append((now - self.last_token_at) / len(new))
+            self.last_token_at = now
+            for tok in new:
+                self.output_ids.append(tok)
+                self._detokenize()
+                if self.stop_hit or len(self.output_ids) >= self.max_tokens:
+                    break
+        if self.stop_hit:
+            self.finish(StreamEnd("stop"))
+        elif delta.finish_reason != FinishReason.NONE:
+            self.finish(StreamEnd(FINISH_NAMES[FinishReason(delta.finish_reason)]))
+        elif len(self.output_ids) >= self.max_tokens:
+            self.finish(StreamEnd("length"))
+        else:
+            self.queue.put_nowait(None)
+
+    def _detokenize(self) -> None:
+        ids = self.output_ids
+        decode = self.tokenizer.decode
+        prefix_text = decode(ids[self._prefix:self._read])
+        new_text = decode(ids[self._prefix:])
+        if len(new_text) <= len(prefix_text) or new_text.endswith("\ufffd"):
+            return  # an incomplete character: wait for the next token
+        old_len = len(self.text)
+        self.text += new_text[len(prefix_text):]
+        self._prefix, self._read = self._read, len(ids)
+        if self.stop:
+            start = max(0, old_len - self._hold)
+            hits = [p for p in (self.text.find(s, start) for s in self.stop) if p >= 0]
+            if hits:
+                self.text = self.text[:min(hits)]
+                self.stop_hit = True
+
+    def finish(self, end: StreamEnd) -> None:
+        if self.end is None:
+            self.end = end
+            self.queue.put_nowait(None)
+
+    # --- output ----------------------------------------------------------------------
+    def take_text(self) -> str:
+        """Text not yet sent; holds back a possible stop-string prefix until finished."""
+        limit = len(self.text) if self.finished else max(self.emitted, len(self.text) - self._hold)
+        chunk = self.text[self.emitted:limit]
+        self.emitted = limit
+        return chunk
+
+    def usage(self) -> dict:
+        p, c = len(self.prompt_token_ids), len(self.output_ids)
+        return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _status_for(code: int) -> int:
+    from ..protocol.messages import ErrorCode
+
+    try:
+        code = ErrorCode(code)
+    except ValueError:
+        return 500
+    return {ErrorCode.BAD_REQUEST: 400, ErrorCode.NO_INSTANCE: 503, ErrorCode.BUSY: 503,
+            ErrorCode.INSTANCE_DEAD: 503, ErrorCode.TIMEOUT: 504}.get(code, 500)

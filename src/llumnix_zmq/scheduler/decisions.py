@@ -1,0 +1,105 @@
+"""Glue between the running scheduler and the pure policies in ``policy/``: builds the
+``PolicyConfig`` from service flags, counts and logs every decision with its reason."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+
+from ..protocol.messages import InstanceInfo, Priority
+from .policy.autoscale import AutoScaler
+from .policy.dispatch import NoInstance, RoundRobinState, dispatch
+from .policy.freeness import PolicyConfig
+from .policy.pairing import MigrationPair, pair_migrations
+
+log = logging.getLogger(__name__)
+
+# SchedulerConfig field -> PolicyConfig field; a negative flag value means "policy default".
+_OVERRIDES = {
+    "migrate_out_threshold": "migrate_out_threshold",
+    "migrate_in_threshold": "migrate_in_threshold",
+    "headroom_blocks": "headroom_blocks",
+    "scale_out_threshold": "scale_out_threshold",
+    "scale_in_threshold": "scale_in_threshold",
+}
+
+
+def policy_config(cfg) -> PolicyConfig:
+    kwargs = {dst: getattr(cfg, src) for src, dst in _OVERRIDES.items()
+              if getattr(cfg, src) is not None and getattr(cfg, src) >= 0}
+    if cfg.autoscale_max:
+        kwargs.update(min_instances=cfg.autoscale_min, max_instances=cfg.autoscale_max)
+    return PolicyConfig(
+        dispatch_policy=cfg.dispatch_policy,
+        enable_migration=None if cfg.enable_migration else False,  # None: llumnix policies only
+        pairing_period_s=cfg.pairing_period_s,
+        report_staleness_s=max(cfg.heartbeat_timeout_s, 5 * cfg.report_period_s),
+        scale_cooldown_s=cfg.scale_cooldown_s,
+        seed=cfg.seed,
+        **kwargs,
+    )
+
+
+class Decider:
+    def __init__(self, cfg, rng: random.Random, metrics, launcher=None):
+        self.cfg = cfg
+        self.policy = policy_config(cfg)
+        self.rng = rng
+        self.metrics = metrics
+        self.rr = RoundRobinState()
+        self.launcher = launcher
+        self.scaler = AutoScaler(self.policy) if cfg.autoscale_max else None
+        self.pending_launches: set[str] = set()
+
+    def dispatch(self, infos: list[InstanceInfo], num_prompt_tokens: int,
+                 priority: Priority) -> tuple[str, str] | None:
+        try:
+            iid, reason = dispatch(self.cfg.dispatch_policy, infos, num_prompt_tokens, priority,
+                                   self.rng, self.rr, cfg=self.policy)
+        except NoInstance:
+            self.metrics.dispatch_failures.inc()
+            return None
+        self.metrics.dispatch.labels(self.cfg.dispatch_policy, reason).inc()
+        return iid, reason
+
+    def pairs(self, infos: list[InstanceInfo], now: float) -> list[MigrationPair]:
+        if not self.cfg.enable_migration:
+            return []
+        pairs = pair_migrations(infos, self.policy, now)
+        for p in pairs:
+            self.metrics.migration_pairs.labels(p.reason).inc()
+            log.debug("pair %s -> %s (%s, F %.2f -> %.2f)", p.source_id, p.destination_id,
+                      p.reason, p.source_freeness, p.destination_freeness)
+        return [dataclasses.replace(p, num_requests=min(p.num_requests,
+                                                        self.cfg.max_migrations_per_pair))
+                for p in pairs]
+
+    async def autoscale(self, service, infos: list[InstanceInfo], now: float) -> None:
+        if self.scaler is None or self.launcher is None:
+            return
+        known = {i.instance_id for i in infos}
+        self.pending_launches -= known
+        decision = self.scaler.decide(infos, now, num_pending=len(self.pending_launches))
+        if decision.action == "none":
+            return
+        self.metrics.scale.labels(decision.action, decision.reason).inc()
+        log.info("autoscale %s (%s, avg F %s) %s", decision.action, decision.reason,
+                 decision.average_freeness, decision.instance_id)
+        if decision.action == "out":
+            self.pending_launches.add(self.launcher.launch())
+        else:
+            await service.set_draining(decision.instance_id, True, stop=True)
+
+
+def local_dispatch(policy: str, infos: list[InstanceInfo], num_prompt_tokens: int,
+                   priority: Priority, rng: random.Random, holder) -> str | None:
+    cfg = PolicyConfig(dispatch_policy=policy, report_staleness_s=float("inf"))
+    if getattr(holder, "rr_state", None) is None:
+        holder.rr_state = RoundRobinState()
+    try:
+        iid, _ = dispatch(policy, infos, num_prompt_tokens, priority, rng, holder.rr_state,
+                          cfg=cfg)
+    except NoInstance:
+        return None
+    return iid

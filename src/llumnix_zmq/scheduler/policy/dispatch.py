@@ -1,0 +1,163 @@
+"""Where a new request goes. One pure function over the instance table.
+
+Eligible instances: state ACTIVE, not ``load.draining``, report no older than
+``cfg.report_staleness_s``, not in ``exclude``. None eligible → ``NoInstance``.
+
+| policy        | choice (d = the new request's prompt blocks)                         | ties      |
+|---------------|----------------------------------------------------------------------|-----------|
+| llumnix       | NORMAL: max dispatch freeness (below); HIGH: max free virtual blocks | rng       |
+| llumnix-base  | llumnix with priorities off: HIGH treated as NORMAL, headroom 0      | rng       |
+| infaas++      | min physical usage (used + all waiting demand + d) / M               | lowest id |
+| round-robin   | next id after the last chosen one, in sorted id order, wrapping      | -         |
+| least-queue   | fewest waiting, then fewest running                                  | lowest id |
+
+Dispatch freeness (NORMAL under llumnix): the freeness the instance would have once its whole
+queue and the new request were admitted::
+
+    F_d = (M − ΣV − W_rest − d) / (B + N_waiting + 1)
+
+ΣV is the virtual usage (running blocks, head-of-line demand, headroom of running HIGH requests)
+and W_rest the demand of the waiting requests behind the head, which the new one queues behind.
+
+Free virtual blocks (HIGH under llumnix), the room left after every reservation::
+
+    H = M − ΣV − W_rest
+
+HIGH requests go to the largest H (absolute room, so the request keeps space to grow), then the
+smaller batch (faster decode steps), then rng. With ``headroom_blocks == 0`` priorities are off
+and HIGH is dispatched like NORMAL, as under llumnix-base. ``rng`` is consulted only on a tie.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterable, Sequence
+
+from ...protocol.messages import InstanceInfo, InstanceState, Priority
+from .freeness import (
+    DISPATCH_POLICIES,
+    PolicyConfig,
+    blocks_for_tokens,
+    id_order_key,
+    is_fresh,
+    summarize,
+    usage_blocks,
+)
+
+_DEFAULT_CFG = PolicyConfig()
+
+
+class NoInstance(Exception):
+    """No ACTIVE instance with a fresh report (after ``exclude``) can take the request."""
+
+
+@dataclass
+class RoundRobinState:
+    """The round-robin cursor: the id chosen last. Keyed by id (not index) so instances joining
+    or leaving do not make the cursor skip or repeat others."""
+
+    last_id: str | None = None
+
+
+def eligible(
+    instances: Iterable[InstanceInfo], cfg: PolicyConfig, exclude: Sequence[str] = ()
+) -> list[InstanceInfo]:
+    return [
+        i
+        for i in instances
+        if i.state == InstanceState.ACTIVE
+        and not i.load.draining
+        and is_fresh(i, cfg)
+        and i.instance_id not in exclude
+    ]
+
+
+def dispatch(
+    policy: str,
+    instances: Iterable[InstanceInfo],
+    num_prompt_tokens: int,
+    priority: Priority,
+    rng: random.Random,
+    rr_state: RoundRobinState | None = None,
+    *,
+    cfg: PolicyConfig = _DEFAULT_CFG,
+    exclude: Sequence[str] = (),
+) -> tuple[str, str]:
+    """Return ``(instance_id, reason)``; raise ``NoInstance`` when nothing is eligible."""
+    if policy not in DISPATCH_POLICIES:
+        raise ValueError(f"unknown dispatch policy {policy!r}")
+    cands = eligible(instances, cfg, exclude)
+    if not cands:
+        raise NoInstance(f"no eligible instance ({policy})")
+    if policy == "round-robin":
+        return _round_robin(cands, rr_state if rr_state is not None else RoundRobinState())
+    if policy == "least-queue":
+        best = min(
+            cands,
+            key=lambda i: (i.load.num_waiting, i.load.num_running, id_order_key(i.instance_id)),
+        )
+        return best.instance_id, "least-queue"
+    if policy == "infaas++":
+        best = min(
+            cands,
+            key=lambda i: (_physical_usage(i, num_prompt_tokens), id_order_key(i.instance_id)),
+        )
+        return best.instance_id, "infaas++:lowest-usage"
+    headroom = 0 if policy == "llumnix-base" else cfg.effective_headroom
+    if priority == Priority.HIGH and headroom > 0:
+        return _argmax(cands, lambda i: _free_virtual(i, headroom), rng), f"{policy}:headroom"
+    return (
+        _argmax(cands, lambda i: (dispatch_freeness(i, headroom, num_prompt_tokens),), rng),
+        f"{policy}:freest",
+    )
+
+
+def dispatch_freeness(info: InstanceInfo, headroom_blocks: int, num_prompt_tokens: int) -> float:
+    """F_d of the module docstring."""
+    load = info.load
+    s = summarize(load)
+    d = blocks_for_tokens(num_prompt_tokens, load.block_size)
+    free = load.num_blocks_total - usage_blocks(s, headroom_blocks) - s.rest_demand - d
+    return free / (s.num_running + s.num_waiting + 1)
+
+
+def free_virtual_blocks(info: InstanceInfo, headroom_blocks: int) -> int:
+    """H of the module docstring."""
+    return _free_virtual(info, headroom_blocks)[0]
+
+
+def _free_virtual(info: InstanceInfo, headroom_blocks: int) -> tuple[int, int]:
+    """(H, −batch): the HIGH-priority sort key."""
+    s = summarize(info.load)
+    h = info.load.num_blocks_total - usage_blocks(s, headroom_blocks) - s.rest_demand
+    return (h, -(s.num_running + s.num_waiting))
+
+
+def _physical_usage(info: InstanceInfo, num_prompt_tokens: int) -> float:
+    load = info.load
+    s = summarize(load)
+    d = blocks_for_tokens(num_prompt_tokens, load.block_size)
+    used = load.num_blocks_used + s.head_demand + s.rest_demand + d
+    return used / max(load.num_blocks_total, 1)
+
+
+def _argmax(
+    cands: list[InstanceInfo], key: Callable[[InstanceInfo], tuple], rng: random.Random
+) -> str:
+    """Id with the largest key; exact ties broken by ``rng`` over the ids in sorted order (rng
+    is consulted only when there is a tie, so its stream is deterministic per input)."""
+    keyed = [(key(i), i.instance_id) for i in cands]
+    best = max(k for k, _ in keyed)
+    tied = sorted((iid for k, iid in keyed if k == best), key=id_order_key)
+    return tied[0] if len(tied) == 1 else rng.choice(tied)
+
+
+def _round_robin(cands: list[InstanceInfo], state: RoundRobinState) -> tuple[str, str]:
+    ids = sorted((i.instance_id for i in cands), key=id_order_key)
+    chosen = ids[0]
+    if state.last_id is not None:
+        last = id_order_key(state.last_id)
+        chosen = next((iid for iid in ids if id_order_key(iid) > last), ids[0])
+    state.last_id = chosen
+    return chosen, "round-robin"

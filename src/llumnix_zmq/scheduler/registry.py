@@ -1,0 +1,99 @@
+"""Instance registry: who is registered, their last load report, and liveness.
+
+Instance lifecycle (explicit state machine)::
+
+    (register) -> ACTIVE -> DRAINING -> (removed on deregister/stop)
+                    │           │
+                    └──> DEAD <─┘  (missed heartbeats; removed right after)
+
+Everything here is rebuilt from worker registrations and reports after a scheduler restart:
+a report from an unknown instance is answered with UNKNOWN_PEER and the worker re-registers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from ..common.fsm import StateMachine
+from ..protocol.messages import InstanceInfo, InstanceLoad, InstanceState, RegisterWorker
+
+log = logging.getLogger(__name__)
+
+TRANSITIONS = {
+    InstanceState.ACTIVE: frozenset({InstanceState.DRAINING, InstanceState.DEAD}),
+    InstanceState.DRAINING: frozenset({InstanceState.ACTIVE, InstanceState.DEAD}),
+    InstanceState.DEAD: frozenset(),
+}
+
+
+@dataclass
+class InstanceRecord:
+    reg: RegisterWorker
+    identity: bytes
+    load: InstanceLoad
+    last_report: float
+    fsm: StateMachine = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.fsm is None:
+            self.fsm = StateMachine(self.reg.instance_id, InstanceState.ACTIVE, TRANSITIONS)
+
+    @property
+    def state(self) -> InstanceState:
+        return self.fsm.state
+
+    def info(self, now: float) -> InstanceInfo:
+        return InstanceInfo(
+            instance_id=self.reg.instance_id,
+            address=self.reg.address,
+            state=self.state,
+            load=self.load,
+            report_age_s=max(0.0, now - self.last_report),
+            model=self.reg.model,
+            max_model_len=self.reg.max_model_len,
+        )
+
+
+class Registry:
+    def __init__(self, heartbeat_timeout_s: float):
+        self.timeout = heartbeat_timeout_s
+        self.records: dict[str, InstanceRecord] = {}
+
+    def register(self, reg: RegisterWorker, identity: bytes, now: float) -> InstanceRecord:
+        empty = InstanceLoad(reg.num_blocks, 0, 0, 0, reg.max_batch_size, reg.block_size)
+        old = self.records.get(reg.instance_id)
+        if old is not None:
+            log.info("instance %s re-registered", reg.instance_id)
+        rec = InstanceRecord(reg, identity, old.load if old else empty, now)
+        self.records[reg.instance_id] = rec
+        return rec
+
+    def report(self, instance_id: str, load: InstanceLoad, now: float) -> InstanceRecord | None:
+        rec = self.records.get(instance_id)
+        if rec is None:
+            return None
+        rec.load = load
+        rec.last_report = now
+        if load.draining and rec.state is InstanceState.ACTIVE:
+            rec.fsm.transition(InstanceState.DRAINING)
+        return rec
+
+    def remove(self, instance_id: str) -> InstanceRecord | None:
+        return self.records.pop(instance_id, None)
+
+    def reap(self, now: float) -> list[InstanceRecord]:
+        """Drop instances silent for longer than the heartbeat timeout; return them."""
+        dead = [r for r in self.records.values() if now - r.last_report > self.timeout]
+        for rec in dead:
+            rec.fsm.transition(InstanceState.DEAD)
+            del self.records[rec.reg.instance_id]
+            log.warning("instance %s missed heartbeats for %.2fs: removed from dispatch",
+                        rec.reg.instance_id, now - rec.last_report)
+        return dead
+
+    def infos(self, now: float) -> list[InstanceInfo]:
+        return [r.info(now) for r in sorted(self.records.values(), key=lambda r: r.reg.instance_id)]
+
+    def get(self, instance_id: str) -> InstanceRecord | None:
+        return self.records.get(instance_id)

@@ -1,0 +1,307 @@
+"""The worker process: a llumlet (local scheduling, reporting, migration) around one engine.
+
+Sockets (one per role and direction):
+- ``recv_from_peers``: ROUTER bound at ``cfg.bind``; frontends send Generate/Abort, peers send
+  migration messages.
+- ``to_scheduler``: DEALER (identity = instance id) for registration, load reports (heartbeats)
+  and orders from the scheduler.
+- ``outputs``: one PUSH per frontend (worker/outputs.py).
+
+Engine access is serialised by ``engine_lock``: the step loop holds it for a step (which may run
+in a thread for the torch engine) and every handler that touches the engine takes it too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import zmq
+import zmq.asyncio
+
+from ..clock import Clock, SystemClock
+from ..common.aio import cancel_all, supervise
+from ..config import WorkerConfig
+from ..engine.base import Engine, EngineError, EngineRequest
+from ..protocol.messages import (
+    PROTOCOL_VERSION,
+    AbortRequest,
+    Deregister,
+    ErrorCode,
+    ErrorReply,
+    FinishReason,
+    FrontendGone,
+    GenerateRequest,
+    LoadReport,
+    MigrateCommand,
+    MigrateCommandReply,
+    RegisterAck,
+    RegisterWorker,
+    ScaleOrder,
+    TokenDelta,
+)
+from ..transport.dispatcher import Router
+from ..transport.rpc import RpcClient, RpcError
+from ..transport.sockets import bound_address, make_socket
+from .outputs import OutputSender
+
+log = logging.getLogger(__name__)
+
+
+class WorkerService:
+    def __init__(self, cfg: WorkerConfig, ctx: zmq.asyncio.Context, engine: Engine,
+                 clock: Clock | None = None):
+        self.cfg = cfg
+        self.ctx = ctx
+        self.engine = engine
+        self.clock = clock or SystemClock()
+        self.instance_id = cfg.instance_id or f"worker-{os.getpid()}"
+        self.recv_from_peers = make_socket(ctx, zmq.ROUTER, cfg.bind, bind=True)
+        self.address = cfg.advertise or bound_address(self.recv_from_peers)
+        self.to_scheduler = make_socket(ctx, zmq.DEALER, cfg.scheduler, bind=False,
+                                        identity=self.instance_id.encode())
+        self.scheduler = RpcClient(self.to_scheduler, on_message=self.on_scheduler_message)
+        self.outputs = OutputSender(ctx, self.instance_id)
+        self.router = Router(self.recv_from_peers, self.handlers(), self.instance_id)
+        self.frontend_of: dict[str, str] = {}  # request id -> frontend PULL address
+        self.engine_lock = asyncio.Lock()
+        self.work = asyncio.Event()
+        self.report_now = asyncio.Event()
+        self.registered = asyncio.Event()
+        self.draining = False
+        self.stop_when_empty = False
+        self.report_period = cfg.report_period_s
+        self.seq = 0
+        self.executor = ThreadPoolExecutor(1, thread_name_prefix="engine") \
+            if engine.kind != "sim" else None
+        self.migration = None  # set by worker/migration when the engine supports it
+        self._stop: asyncio.Event | None = None
+
+    def handlers(self):
+        return {
+            GenerateRequest: self.on_generate,
+            AbortRequest: self.on_abort,
+            FrontendGone: self.on_frontend_gone,
+        }
+
+    # --- frontend-facing handlers -------------------------------------------------------
+    async def on_generate(self, identity: bytes, msg: GenerateRequest, raw):
+        if self.draining:
+            self.fail(msg.request_id, msg.frontend_address, ErrorCode.BUSY,
+                      f"instance {self.instance_id} is draining")
+            return None
+        req = EngineRequest(msg.request_id, list(msg.prompt_token_ids), msg.sampling,
+                            msg.priority, msg.frontend_address, list(msg.output_token_ids),
+                            msg.arrival_time or time.time())
+        async with self.engine_lock:
+            if msg.request_id in self.frontend_of:
+                log.warning("duplicate request %s ignored", msg.request_id)
+                return None
+            try:
+                self.engine.add_request(req)
+            except EngineError as exc:
+                self.fail(msg.request_id, msg.frontend_address, ErrorCode.BAD_REQUEST, str(exc))
+                return None
+            self.frontend_of[msg.request_id] = msg.frontend_address
+        self.work.set()
+        self.report_now.set()
+        return None
+
+    async def on_abort(self, identity: bytes, msg: AbortRequest, raw):
+        await self.abort(msg.request_id, msg.reason)
+        return None
+
+    async def abort(self, request_id: str, reason: str) -> bool:
+        async with self.engine_lock:
+            if self.migration is not None:
+                self.migration.on_request_gone(request_id)
+            found = self.engine.abort_request(request_id)
+            self.frontend_of.pop(request_id, None)
+        if found:
+            log.debug("aborted %s (%s)", request_id, reason)
+            self.report_now.set()
+        return found
+
+    async def on_frontend_gone(self, identity: bytes, msg: FrontendGone, raw):
+        ids = [rid for rid, fe in self.frontend_of.items() if fe == msg.frontend_address]
+        for rid in ids:
+            await self.abort(rid, "frontend gone")
+        self.outputs.forget(msg.frontend_address)
+        log.info("frontend %s gone: aborted %d requests", msg.frontend_address, len(ids))
+        return None
+
+    def fail(self, request_id: str, frontend: str, code: ErrorCode, message: str) -> None:
+        delta = TokenDelta(request_id, 0, (), FinishReason.ERROR, 0, message, int(code))
+        self.outputs.send([delta], lambda _rid: frontend)
+
+    # --- scheduler-facing ---------------------------------------------------------------
+    def registration(self) -> RegisterWorker:
+        e = self.engine
+        return RegisterWorker(PROTOCOL_VERSION, self.instance_id, self.address, e.kind,
+                              e.model_name, e.block_size, e.num_blocks, e.max_model_len,
+                              e.max_batch_size, os.getpid())
+
+    async def register_loop(self, stop: asyncio.Event) -> None:
+        """Register, and register again whenever the scheduler forgets us (restart)."""
+        while not stop.is_set():
+            if self.registered.is_set():
+                await asyncio.sleep(0.05)
+                continue
+            try:
+                ack = await self._register_once()
+            except RpcError as exc:
+                if exc.code == ErrorCode.VERSION_MISMATCH:
+                    log.error("scheduler refused registration: %s", exc.message)
+                    stop.set()
+                    return
+                log.info("registration: %s; retrying", exc.message)
+                await asyncio.sleep(0.2)
+                continue
+            self.report_period = ack.report_period_s or self.report_period
+            self.registered.set()
+            self.report_now.set()
+            log.info("registered with scheduler %s as %s at %s", ack.scheduler_epoch,
+                     self.instance_id, self.address)
+
+    async def _register_once(self) -> RegisterAck:
+        msg = self.registration()
+        fut = asyncio.get_running_loop().create_future()
+        self._register_future = fut
+        self.scheduler.send_nowait(msg)
+        try:
+            return await asyncio.wait_for(fut, 1.0)
+        except asyncio.TimeoutError:
+            raise RpcError(ErrorCode.TIMEOUT, "scheduler did not answer") from None
+
+    def on_scheduler_message(self, msg, raw) -> None:
+        fut = getattr(self, "_register_future", None)
+        if isinstance(msg, RegisterAck) or (isinstance(msg, ErrorReply)
+                                            and msg.ref_tag == RegisterWorker.TAG):
+            if fut is not None and not fut.done():
+                if isinstance(msg, RegisterAck):
+                    fut.set_result(msg)
+                else:
+                    fut.set_exception(RpcError(msg.code, msg.message))
+            return
+        if isinstance(msg, ErrorReply):
+            if msg.code == ErrorCode.UNKNOWN_PEER:
+                log.info("scheduler does not know us (restarted?): registering again")
+                self.registered.clear()
+            else:
+                log.warning("scheduler error: %s %s", msg.code.name, msg.message)
+            return
+        if isinstance(msg, MigrateCommand):
+            asyncio.get_running_loop().create_task(self.on_migrate_command(msg))
+            return
+        if isinstance(msg, ScaleOrder):
+            self.draining = msg.draining
+            self.stop_when_empty = msg.stop_when_empty
+            self.report_now.set()
+            self.work.set()
+            log.info("scale order: draining=%s stop_when_empty=%s", msg.draining,
+                     msg.stop_when_empty)
+            return
+        log.warning("unexpected %s from scheduler", type(msg).__name__)
+
+    async def on_migrate_command(self, msg: MigrateCommand) -> None:
+        if self.migration is None:
+            reply = MigrateCommandReply(msg.command_id, False, (),
+                                        f"engine {self.engine.kind} cannot migrate")
+        else:
+            reply = await self.migration.start_command(msg)
+        self.scheduler.send_nowait(reply)
+
+    def current_load(self):
+        load = self.engine.load()
+        if self.migration is not None:
+            load = self.migration.annotate(load)
+        return dataclasses.replace(load, draining=self.draining)
+
+    async def report_loop(self, stop: asyncio.Event) -> None:
+        min_gap = 0.005
+        last = 0.0
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self.report_now.wait(), self.report_period)
+            except asyncio.TimeoutError:
+                pass
+            gap = time.monotonic() - last
+            if gap < min_gap:
+                await asyncio.sleep(min_gap - gap)
+            self.report_now.clear()
+            if not self.registered.is_set():
+                continue
+            self.seq += 1
+            self.scheduler.send_nowait(LoadReport(self.instance_id, self.seq, self.current_load()))
+            last = time.monotonic()
+
+    # --- the engine loop ----------------------------------------------------------------
+    async def engine_loop(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        while not stop.is_set():
+            if not self.engine.has_work():
+                if self.draining and self.stop_when_empty and not self.frontend_of:
+                    log.info("drained: stopping")
+                    stop.set()
+                    return
+                self.work.clear()
+                try:
+                    await asyncio.wait_for(self.work.wait(), 0.5)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            t0 = time.monotonic()
+            async with self.engine_lock:
+                if self.executor is None:
+                    result = self.engine.step()
+                else:
+                    result = await loop.run_in_executor(self.executor, self.engine.step)
+            if self.executor is None and self.cfg.time_scale > 0:
+                delay = result.duration_s * self.cfg.time_scale - (time.monotonic() - t0)
+                await asyncio.sleep(max(0.0, delay))
+            else:
+                await asyncio.sleep(0)
+            self.emit(result.deltas)
+
+    def emit(self, deltas: list[TokenDelta]) -> None:
+        self.outputs.send(deltas, self.frontend_of.get)
+        finished = [d.request_id for d in deltas if d.finish_reason != FinishReason.NONE]
+        for rid in finished:
+            self.frontend_of.pop(rid, None)
+        if finished:
+            self.report_now.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
+        self.scheduler.start()
+        tasks = [asyncio.create_task(self.router.serve(), name="router"),
+                 asyncio.create_task(self.register_loop(stop), name="register"),
+                 asyncio.create_task(self.report_loop(stop), name="report"),
+                 asyncio.create_task(self.engine_loop(stop), name="engine")]
+        for t in tasks:
+            supervise(t, stop, log)
+        log.info("worker %s (%s/%s) at %s", self.instance_id, self.engine.kind,
+                 self.engine.model_name, self.address)
+        try:
+            await stop.wait()
+        finally:
+            await self.shutdown(tasks)
+
+    async def shutdown(self, tasks) -> None:
+        try:
+            self.scheduler.send_nowait(Deregister(self.instance_id, "shutdown"))
+            await asyncio.sleep(0.01)
+        except Exception:  # the scheduler may be gone: nothing to tell
+            pass
+        await cancel_all(tasks)
+        await self.scheduler.close()
+        self.outputs.close()
+        self.recv_from_peers.close(linger=0)
+        if self.executor is not None:
+            self.executor.shutdown(wait=True)
+        self.engine.close()
+        log.info("worker %s stopped", self.instance_id)

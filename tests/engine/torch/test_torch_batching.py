@@ -1,0 +1,139 @@
+"""Greedy tokens do not depend on the batch around a request, chunking, or preemption."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from llumnix_zmq.engine.base import EngineError, EngineRequest
+from llumnix_zmq.protocol.messages import FinishReason, Priority, SamplingParams
+
+from torch_engine_helpers import assert_clean, byte_prompt, drain, greedy, run, tiny_engine
+
+
+def _requests(seed: int = 0, n: int = 16) -> list[EngineRequest]:
+    rng = random.Random(seed)
+    return [
+        EngineRequest(f"r{i}", byte_prompt(rng, rng.randint(1, 90)), greedy(rng.randint(3, 40)))
+        for i in range(n)
+    ]
+
+
+@pytest.fixture(scope="module")
+def alone() -> dict[str, list[int]]:
+    """Each request run by itself in a fresh engine."""
+    out = {}
+    for r in _requests():
+        eng = tiny_engine()
+        out.update(run(eng, [r]))
+        assert_clean(eng)
+    return out
+
+
+@pytest.mark.parametrize("chunked,budget", [(True, 32), (True, 512), (False, 128)])
+def test_batch_of_16_matches_alone(alone, chunked, budget):
+    eng = tiny_engine(enable_chunked_prefill=chunked, max_num_batched_tokens=budget)
+    assert run(eng, _requests()) == alone
+    assert_clean(eng)
+
+
+def test_preemption_and_recompute_match_alone(alone):
+    eng = tiny_engine(num_blocks=40, max_num_batched_tokens=48)
+    stats: dict = {}
+    for r in _requests():
+        eng.add_request(r)
+    out = drain(eng, {}, stats=stats)
+    assert stats["preempted"] > 0
+    assert out == alone
+    assert_clean(eng)
+
+
+def test_max_batch_size_and_budget_are_respected():
+    eng = tiny_engine(max_batch_size=3, max_num_batched_tokens=16)
+    for r in _requests(n=6):
+        eng.add_request(r)
+    while eng.has_work():
+        res = eng.step()
+        assert len(eng.sched.running) <= 3
+        assert res.num_prefill_tokens + res.num_decode_tokens <= 16
+        assert res.duration_s > 0
+    assert_clean(eng)
+
+
+def test_high_priority_is_admitted_first():
+    eng = tiny_engine(max_batch_size=1)
+    eng.add_request(EngineRequest("low", [256, 65, 66], greedy(2)))
+    eng.add_request(EngineRequest("high", [256, 67], greedy(2), priority=Priority.HIGH))
+    first = eng.step()
+    assert [d.request_id for d in first.deltas] == ["high"]
+    drain(eng, {"high": list(first.deltas[0].token_ids)})
+    assert_clean(eng)
+
+
+def test_eos_stop_ids_and_max_model_len():
+    eng = tiny_engine(max_model_len=20)
+    probe = run(eng, [EngineRequest("p", [256, 70, 71], greedy(5))])["p"]
+    # the first generated token as a stop id ends the request at once
+    stop = SamplingParams(max_tokens=5, stop_token_ids=(probe[0],))
+    eng.add_request(EngineRequest("s", [256, 70, 71], stop))
+    res = eng.step()
+    assert res.deltas[0].finish_reason == FinishReason.STOP
+    assert res.deltas[0].token_ids == (probe[0],)
+    # max_model_len: 18 prompt tokens + 2 outputs = 20
+    out = run(eng, [EngineRequest("m", [256] + [80] * 17, greedy(100))])
+    assert len(out["m"]) == 2
+    eng.add_request(EngineRequest("e", [256, 70, 71], SamplingParams(max_tokens=1)))
+    assert eng.step().deltas[0].finish_reason == FinishReason.LENGTH
+    assert_clean(eng)
+
+
+def test_eos_token_finishes_with_stop():
+    eng = tiny_engine()
+    eng.eos_token_ids = tuple(range(259))  # every token is EOS
+    eng.add_request(EngineRequest("a", [256, 65], SamplingParams(max_tokens=9)))
+    d = eng.step().deltas[0]
+    assert d.finish_reason == FinishReason.STOP and len(d.token_ids) == 1
+    assert_clean(eng)
+
+
+def test_bad_requests_raise_engine_error():
+    eng = tiny_engine(num_blocks=8, max_model_len=64)
+    eng.add_request(EngineRequest("a", [256, 65], greedy(2)))
+    with pytest.raises(EngineError):
+        eng.add_request(EngineRequest("a", [256, 65], greedy(2)))  # duplicate
+    for bad in ([], [256, 999], [256] * 64, [256] * 40):  # empty, vocab, length, blocks
+        with pytest.raises(EngineError):
+            eng.add_request(EngineRequest("b", bad, greedy(2)))
+    assert eng.abort_request("a") and not eng.abort_request("a")
+    with pytest.raises(EngineError):
+        eng.request_block_ids("a")
+    assert_clean(eng)
+
+
+def test_abort_mid_run_frees_blocks_and_load_reports():
+    eng = tiny_engine()
+    reqs = _requests(n=4)
+    for r in reqs:
+        eng.add_request(r)
+    eng.step()
+    load = eng.load()
+    assert load.num_running + load.num_waiting == 4
+    assert load.num_blocks_used == sum(len(eng.request_block_ids(r.request_id)) for r in reqs)
+    assert {rl.request_id for rl in load.requests} == {r.request_id for r in reqs}
+    for r in reqs:
+        assert eng.abort_request(r.request_id)
+    assert not eng.has_work()
+    assert_clean(eng)
+
+
+def test_sampling_is_seeded_and_reproducible():
+    sp = SamplingParams(max_tokens=20, temperature=0.8, top_p=0.9, ignore_eos=True)
+    reqs = lambda: [EngineRequest("x", [256, 72, 105], sp), EngineRequest("y", [256, 72, 105], sp)]
+    a, b = run(tiny_engine(), reqs()), run(tiny_engine(), reqs())
+    assert a == b
+    assert a["x"] != a["y"]  # seed None → derived from the request id
+    sp7 = SamplingParams(max_tokens=20, temperature=0.8, top_p=0.9, ignore_eos=True, seed=7)
+    c = run(tiny_engine(), [EngineRequest("x", [256, 72, 105], sp7),
+                            EngineRequest("y", [256, 72, 105], sp7)])
+    assert c["x"] == c["y"]
