@@ -162,6 +162,7 @@ def test_chunked_prefill_splits_prompt_across_steps():
     assert [run.step().num_prefill_tokens for _ in range(2)] == [16, 16]
     assert e.request_block_ids("a") == list(range(8)) and e.request_block_ids("b") == []
     assert "a" not in run.tokens  # no token before the whole prompt is computed
+    assert e.migration_candidates() == []  # mid-prefill requests are not candidates
     r3 = run.step()
     assert (r3.num_prefill_tokens, [d.request_id for d in r3.deltas]) == (8 + 6, ["a", "b"])
     assert e.request_block_ids("a") == list(range(10)) and e.request_block_ids("b") == [10, 11]
@@ -327,7 +328,7 @@ def test_load_reports_every_request():
         RequestLoad("c", 4, Priority.NORMAL, 13, running=False),
     )
     assert [c.request_id for c in e.migration_candidates()] == ["b"]
-    assert not e.has_work() is False  # b runs, c waits
+    assert e.has_work()  # b runs, c waits (a, suspended, does not count)
 
 
 # ----------------------------------------------------------------------------- migration
@@ -360,6 +361,8 @@ def test_staged_migration_round_trip_matches_unmigrated_run():
     for _ in range(6):
         s_run.step()
         d_run.step()
+    (cand,) = src.migration_candidates()
+    assert (cand.request_id, cand.num_tokens, cand.num_blocks, cand.running_since) == ("m", 16, 4, 100.0)
     # stage 1: full blocks so far, while m keeps decoding on the source
     k1 = src.num_full_blocks("m")
     assert k1 == 3  # 10 prompt + 5 decoded positions = 15 computed

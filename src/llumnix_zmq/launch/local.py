@@ -152,6 +152,11 @@ class LocalCluster:
         try:
             with urllib.request.urlopen(self.base_url + "/health", timeout=2) as resp:
                 return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:  # 503 while starting: still a JSON status
+            try:
+                return json.loads(exc.read())
+            except ValueError:
+                return None
         except (urllib.error.URLError, OSError, ValueError):
             return None
 

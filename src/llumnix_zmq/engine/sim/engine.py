@@ -11,12 +11,16 @@ Each step: running decodes first (1 token each, oldest admitted first), then run
 prefills, then waiting requests (HIGH before NORMAL, FCFS within each; preempted ones return to
 the front), all under ``max_num_batched_tokens``. Blocks are allocated as positions need them.
 
-| event                          | what happens                                              |
-|--------------------------------|-----------------------------------------------------------|
-| decode/chunk needs a block, none free | preempt the most recently admitted NORMAL running request (HIGH only if no NORMAL), by recompute: blocks freed, outputs kept, back to the front of the waiting queue; no admission in that step |
-| prefill of all tokens completes | sample the token at output index len(outputs)            |
-| token in stop_token_ids        | finish STOP (the stop token is the last output token)     |
-| len(tokens) reaches prompt+max_tokens or max_model_len | finish LENGTH                    |
+| event                                 | what happens                                     |
+|---------------------------------------|--------------------------------------------------|
+| a running request needs a block and   | preempt (recompute) the most recently admitted   |
+| none is free                          | NORMAL running request (HIGH only if none):      |
+|                                       | blocks freed, outputs kept, front of the waiting |
+|                                       | queue; no admission in that step                 |
+| all of a request's tokens computed    | sample the token at output index len(outputs)    |
+| token in stop_token_ids               | finish STOP (the stop token is the last output)  |
+| len(tokens) = prompt + max_tokens, or | finish LENGTH                                    |
+| = max_model_len                       |                                                  |
 
 Pseudo tokens: the token at output index ``i`` is ``pseudo_token(prompt_hash(prompt, seed), i)``,
 printable ASCII (letters 97..122 and space 32), so a migrated, preempted or resumed request
@@ -27,6 +31,10 @@ printable), so such requests run to max_tokens / max_model_len.
 The engine never sleeps: ``StepResult.duration_s`` is the profile's modelled step time and the
 caller (worker in real time, simulator in virtual time) decides what to do with it. A step with
 nothing to schedule returns no deltas and duration 0.
+
+Suspended requests keep their blocks and appear in ``load().requests`` (migrating=True) but not
+in ``num_running`` or ``has_work()``. ``import_request`` adopts a request even past
+``max_batch_size`` (the cap governs admission from the queue only).
 """
 
 from __future__ import annotations
@@ -143,7 +151,8 @@ class SimEngine(Engine):
         if cfg.block_size <= 0 or cfg.max_batch_size <= 0 or cfg.max_num_batched_tokens <= 0:
             raise ValueError("block_size, max_batch_size and max_num_batched_tokens must be positive")
         self.block_size = cfg.block_size
-        self.num_blocks = cfg.num_blocks or self.profile.num_blocks * self.profile.block_size // cfg.block_size
+        default_blocks = self.profile.num_blocks * self.profile.block_size // cfg.block_size
+        self.num_blocks = default_blocks if cfg.num_blocks is None else cfg.num_blocks
         self.max_model_len = min(cfg.max_model_len, self.num_blocks * cfg.block_size)
         self.max_batch_size = cfg.max_batch_size
         self.max_num_batched_tokens = cfg.max_num_batched_tokens
@@ -352,7 +361,7 @@ class SimEngine(Engine):
         if not prompt:
             raise EngineError(f"{rid}: empty prompt")
         if len(prompt) > self.max_model_len:
-            raise EngineError(f"{rid}: prompt of {len(prompt)} tokens exceeds max_model_len {self.max_model_len}")
+            raise EngineError(f"{rid}: {len(prompt)} prompt tokens > max_model_len {self.max_model_len}")
         if sampling.max_tokens < 1:
             raise EngineError(f"{rid}: max_tokens must be >= 1")
         r = _Req(rid, prompt, outputs, sampling, priority, frontend_address, arrival_time, self.max_model_len)

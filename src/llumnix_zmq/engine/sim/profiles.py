@@ -138,6 +138,10 @@ def _fit_prefill(tokens: np.ndarray, ms: np.ndarray) -> tuple[float, float]:
     return float(a), float(b)
 
 
+def _prefill_points(row: dict) -> list[tuple]:
+    return [(t, 1, v) for t, v in zip(_numbers(row["context_or_prompt_tokens"]), _numbers(row["value_ms"]))]
+
+
 def calibration_points(csv_path: Path) -> dict[str, dict[str, list[tuple]]]:
     """The CSV rows each profile is fitted to: ``{profile: {"prefill": [(tokens, iterations,
     ms)], "decode": [(batch, kv_tokens, ms)]}}``."""
@@ -150,7 +154,7 @@ def calibration_points(csv_path: Path) -> dict[str, dict[str, list[tuple]]]:
     seq = [256 * 2**i for i in range(6)]
     dec_ms = _numbers(dec["notes"].split("decode_7b=")[1].split("]")[0])
     pts["llama-7b-a10"] = {
-        "prefill": [(t, 1, v) for t, v in zip(_numbers(pre["context_or_prompt_tokens"]), _numbers(pre["value_ms"]))],
+        "prefill": _prefill_points(pre),
         "decode": [(8192 // s, 8192, v) for s, v in zip(seq, dec_ms)],
     }
     # A100: two decode rows (ctx 128, ctx 512 per request), one prefill row
@@ -159,7 +163,7 @@ def calibration_points(csv_path: Path) -> dict[str, dict[str, list[tuple]]]:
         ctx = _numbers(r["context_or_prompt_tokens"])[0]
         decode += [(b, b * ctx, v) for b, v in zip(_numbers(r["batch_size"]), _numbers(r["value_ms"]))]
     (pre,) = _row(rows, "muxserve-llama.json", "LLaMA-7B", "prefill")
-    prefill = [(t, 1, v) for t, v in zip(_numbers(pre["context_or_prompt_tokens"]), _numbers(pre["value_ms"]))]
+    prefill = _prefill_points(pre)
     pts["llama-7b-a100"] = {"prefill": prefill, "decode": decode}
     # H100: ctx grows 161..499 while decoding, mean 330; prefill in 4096-token iterations
     (dec,) = _row(rows, "memgap-repo", "Llama-2-7B", "decode_step_avg")
@@ -183,7 +187,8 @@ def fit_profiles(csv_path: Path) -> dict[str, dict[str, float]]:
     q = np.array(pts["llama-7b-a10"]["decode"], dtype=float)
     d, alpha = _rel_lstsq([q[:, 0], np.ones(len(q))], q[:, 2])
     kv = q[0, 1]
-    out["llama-7b-a10"] = dict(a=a, b=b, c=A10_WEIGHT_FLOOR_MS, d=float(d), e=float((alpha - A10_WEIGHT_FLOOR_MS) / kv))
+    e = (alpha - A10_WEIGHT_FLOOR_MS) / kv
+    out["llama-7b-a10"] = dict(a=a, b=b, c=A10_WEIGHT_FLOOR_MS, d=float(d), e=float(e))
 
     p = np.array(pts["llama-7b-a100"]["prefill"], dtype=float)
     a, b = _fit_prefill(p[:, 0], p[:, 2])
@@ -198,5 +203,6 @@ def fit_profiles(csv_path: Path) -> dict[str, dict[str, float]]:
     ctx = q[0, 1] / q[0, 0]
     ((tokens, iters, ms),) = pts["llama-7b-h100"]["prefill"]
     b = a100["b"] * scale
-    out["llama-7b-h100"] = dict(a=float((ms - iters * b) / tokens), b=float(b), c=float(c), d=float(slope - e * ctx), e=float(e))
+    a, d = (ms - iters * b) / tokens, slope - e * ctx
+    out["llama-7b-h100"] = dict(a=float(a), b=float(b), c=float(c), d=float(d), e=float(e))
     return out

@@ -1,0 +1,73 @@
+"""Fixtures that run real clusters (scheduler + workers + frontend processes) on loopback."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import urllib.request
+
+import pytest
+
+from llumnix_zmq.engine.sim import pseudo_tokens
+from llumnix_zmq.launch.local import ClusterSpec, LocalCluster
+from llumnix_zmq.tokenizer import ByteTokenizer
+
+ADMIN_KEY = "test-admin-key"
+TOK = ByteTokenizer()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def expected_text(prompt: str, max_tokens: int, seed=None, chat: bool = False) -> str:
+    if chat:
+        ids = TOK.encode(TOK.apply_chat_template([{"role": "user", "content": prompt}]),
+                         add_bos=False)
+    else:
+        ids = TOK.encode(prompt)
+    return TOK.decode(pseudo_tokens(ids, seed, 0, max_tokens))
+
+
+def admin_get(cluster: LocalCluster, path: str) -> dict:
+    req = urllib.request.Request(cluster.base_url + path,
+                                 headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        return json.loads(resp.read())
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    return last
+
+
+def blocks_used(cluster: LocalCluster) -> dict[str, int]:
+    return {i["id"]: i["blocks_used"] for i in admin_get(cluster, "/admin/instances")["instances"]}
+
+
+def start_cluster(tmp_path, **overrides) -> LocalCluster:
+    spec = ClusterSpec(port=free_port(), admin_key=ADMIN_KEY, log_dir=str(tmp_path / "logs"),
+                       **overrides)
+    cluster = LocalCluster(spec)
+    cluster.start()
+    if spec.instances and not cluster.wait_ready(60):
+        cluster.stop()
+        logs = "\n".join(p.read_text()[-2000:] for p in (tmp_path / "logs").glob("*.log"))
+        raise AssertionError(f"cluster not ready\n{logs}")
+    return cluster
+
+
+@pytest.fixture(scope="module")
+def sim_cluster(tmp_path_factory):
+    cluster = start_cluster(tmp_path_factory.mktemp("mesh"), instances=2, time_scale=0.2)
+    yield cluster
+    cluster.stop()
