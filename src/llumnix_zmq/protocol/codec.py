@@ -60,6 +60,7 @@ def decode(
             max_bin_len=limits.max_bytes,
             max_array_len=limits.max_list,
             max_map_len=limits.max_list,
+            ext_hook=_reject_ext,
         )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise DecodeError(ErrorCode.MALFORMED, f"bad msgpack: {exc}", tag) from None
@@ -72,6 +73,11 @@ def decode(
     except (TypeError, ValueError) as exc:
         raise DecodeError(ErrorCode.MALFORMED, f"{cls.__name__}: {exc}", tag) from None
     return msg, list(frames[2:])
+
+
+def _reject_ext(code: int, data: bytes):
+    # msgpack hands an ext value back as ExtType, a namedtuple that would pass for an array
+    raise ValueError(f"ext type {code} is not part of the protocol")
 
 
 def _as_bytes(frame) -> bytes:

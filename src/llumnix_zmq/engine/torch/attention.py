@@ -6,7 +6,7 @@ A batch is the flattened new tokens of several requests (``varlen``). Two groups
 |---------|---------------------------|----------------------------------------|------------------------|
 | decode  | one new token per request | the request's blocks, gathered, padded | one batched SDPA, mask |
 | prefill | a chunk of ≥ 2 tokens     | fresh K/V (chunk starts at 0) or the   | one SDPA per request,  |
-|         |                           | request's gathered blocks              | causal (+ offset)      |
+|         |                           | request's gathered blocks              | causal (+ offset mask) |
 
 Grouped-query attention without repeating K/V: the G query heads that share a KV head are laid
 out as G × rows "queries" of that KV head. ``paged_attention`` is the single seam a faster
@@ -27,7 +27,8 @@ class PrefillSeg:
     num_rows: int
     start_pos: int  # position of the chunk's first token (tokens before it are in the cache)
     block_ids: torch.Tensor | None  # [nb] blocks covering start_pos + num_rows; None: fresh only
-    mask: torch.Tensor  # [G*rows, ctx] bool (True = attend), causal with offset, G-major
+    mask: torch.Tensor | None  # [G*rows, ctx] bool (True = attend), causal with offset, G-major;
+    # None when start_pos == 0 (plain causal over the fresh K/V)
 
 
 @dataclass
@@ -57,10 +58,13 @@ def build_metadata(
             dec_tables.append(table[:nb])
             dec_lens.append(ctx)
         else:
-            ids = None if start == 0 else torch.tensor(table[:nb], dtype=torch.long, device=device)
-            q_pos = torch.arange(start, ctx, device=device)[:, None]
-            mask = (torch.arange(ctx, device=device)[None, :] <= q_pos).repeat(group, 1)
-            prefills.append(PrefillSeg(row, n, start, ids, mask))
+            if start == 0:
+                prefills.append(PrefillSeg(row, n, 0, None, None))
+            else:
+                ids = torch.tensor(table[:nb], dtype=torch.long, device=device)
+                q_pos = torch.arange(start, ctx, device=device)[:, None]
+                mask = (torch.arange(ctx, device=device)[None, :] <= q_pos).repeat(group, 1)
+                prefills.append(PrefillSeg(row, n, start, ids, mask))
         row += n
     meta = AttnMetadata(slots=torch.tensor(slots, dtype=torch.long, device=device), prefills=prefills)
     if dec_rows:
@@ -106,12 +110,13 @@ def _decode(q, kv_layer, meta: AttnMetadata, scale, kvh, g):
 
 
 def _prefill(q, k, v, kv_layer, seg: PrefillSeg, scale, kvh, g):
-    n, _, d = q.shape
+    n, heads, d = q.shape
+    if seg.block_ids is None:  # the whole context is this chunk: plain causal attention
+        o = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
+                                           is_causal=True, scale=scale, enable_gqa=g > 1)
+        return o.transpose(0, 1).reshape(n, heads * d)
     qg = q.view(n, kvh, g, d).permute(1, 2, 0, 3).reshape(kvh, g * n, d)  # [KVH, G*n, D]
-    if seg.block_ids is None:
-        kk, vv = k.transpose(0, 1), v.transpose(0, 1)  # [KVH, n, D]
-    else:
-        kv = kv_layer[:, seg.block_ids].view(2, -1, kvh, d)[:, : seg.start_pos + n]
-        kk, vv = kv[0].transpose(0, 1), kv[1].transpose(0, 1)
+    kv = kv_layer[:, seg.block_ids].view(2, -1, kvh, d)[:, : seg.start_pos + n]
+    kk, vv = kv[0].transpose(0, 1), kv[1].transpose(0, 1)
     o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=seg.mask, scale=scale)
     return o.view(kvh, g, n, d).permute(2, 0, 1, 3).reshape(n, kvh * g * d)

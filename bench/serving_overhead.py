@@ -1,0 +1,176 @@
+"""What the mesh costs: the sim engine driven in-process versus the same engine behind
+frontend + scheduler + worker (real processes, HTTP/SSE, ZeroMQ), same workload, same
+concurrency. Then the streamed-token throughput of one frontend process.
+
+    python bench/serving_overhead.py [--requests 512] [--concurrency 64] [--json PATH]
+
+Writes bench/results/serving_overhead.json with added_ttft_ms_p50/p99 and
+frontend_tokens_per_s (the latter with workers that do not sleep, so the frontend is the limit).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from serving import BenchConfig, run_benchmark  # noqa: E402
+
+from llumnix_zmq.engine.base import EngineRequest  # noqa: E402
+from llumnix_zmq.engine.sim import SimConfig, SimEngine  # noqa: E402
+from llumnix_zmq.launch.local import ClusterSpec, LocalCluster  # noqa: E402
+from llumnix_zmq.protocol.messages import FinishReason, SamplingParams  # noqa: E402
+from llumnix_zmq.workload import WorkItem, build_workload  # noqa: E402
+
+
+def pct(values, q) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+async def inprocess(items: list[WorkItem], profile: str, time_scale: float) -> dict:
+    """The same engine, the same real-time stepping as the worker, the same arrival schedule,
+    clients in-process (no HTTP, no ZeroMQ, no tokenizer)."""
+    engine = SimEngine(SimConfig(profile=profile))
+    waiters: dict[str, asyncio.Future] = {}
+    first: dict[str, float] = {}
+    work = asyncio.Event()
+    ttfts, e2es = [], []
+
+    async def engine_loop():
+        while True:
+            if not engine.has_work():
+                work.clear()
+                await work.wait()
+                continue
+            t0 = time.monotonic()
+            res = engine.step()
+            await asyncio.sleep(max(0.0, res.duration_s * time_scale - (time.monotonic() - t0)))
+            now = time.monotonic()
+            for d in res.deltas:
+                if d.token_ids and d.request_id not in first:
+                    first[d.request_id] = now
+                if d.finish_reason != FinishReason.NONE:
+                    waiters.pop(d.request_id).set_result(now)
+
+    async def client(i: int, item: WorkItem, start: float):
+        await asyncio.sleep(max(0.0, start + item.arrival_s - time.monotonic()))
+        rid = f"r{i}"
+        fut = asyncio.get_running_loop().create_future()
+        waiters[rid] = fut
+        t0 = time.monotonic()
+        engine.add_request(EngineRequest(rid, [65] * item.prompt_tokens,
+                                         SamplingParams(max_tokens=item.output_tokens,
+                                                        ignore_eos=True)))
+        work.set()
+        end = await fut
+        ttfts.append(first.pop(rid) - t0)
+        e2es.append(end - t0)
+
+    loop_task = asyncio.create_task(engine_loop())
+    t0 = time.monotonic()
+    await asyncio.gather(*(client(i, item, t0) for i, item in enumerate(items)))
+    wall = time.monotonic() - t0
+    loop_task.cancel()
+    return {"ttft_ms": {"p50": pct(ttfts, 50) * 1e3, "p99": pct(ttfts, 99) * 1e3},
+            "mean_concurrency": sum(e2es) / wall,
+            "e2e_ms": {"p50": pct(e2es, 50) * 1e3, "p99": pct(e2es, 99) * 1e3},
+            "wall_s": wall, "completed": len(ttfts)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def through_mesh(items, profile, time_scale, concurrency, instances, log_dir) -> dict:
+    """``concurrency`` None: open loop on the items' arrival times."""
+    spec = ClusterSpec(instances=instances, port=free_port(), profile=profile,
+                       time_scale=time_scale, log_level="WARNING", log_dir=log_dir)
+    with LocalCluster(spec) as cluster:
+        if not cluster.wait_ready(60):
+            raise SystemExit("cluster did not start")
+        frontend = cluster.child("frontend").proc.pid
+        cpu0 = _cpu_seconds(frontend)
+        cfg = BenchConfig(base_url=cluster.base_url + "/v1", model="sim", items=items,
+                          requests=len(items),
+                          concurrency=concurrency, progress=False, max_seconds=600)
+        t0 = time.monotonic()
+        res = asyncio.run(run_benchmark(cfg))
+        res["frontend_cpu_fraction"] = (_cpu_seconds(frontend) - cpu0) / (time.monotonic() - t0)
+        return res
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=768)
+    p.add_argument("--rate", type=float, default=18.0,
+                   help="Poisson req/s; ~64 concurrent streams with the default lengths")
+    p.add_argument("--concurrency", type=int, default=64, help="streams of the throughput run")
+    p.add_argument("--prompt", type=int, default=64)
+    p.add_argument("--output", type=int, default=64)
+    p.add_argument("--profile", default="llama-7b-a10")
+    p.add_argument("--time-scale", type=float, default=1.0)
+    p.add_argument("--throughput-output", type=int, default=512)
+    p.add_argument("--json", default=str(ROOT / "bench/results/serving_overhead.json"))
+    a = p.parse_args(argv)
+    # byte tokenizer: a prompt of N tokens is BOS + N-1 characters
+    items = build_workload(f"fixed:{a.prompt}-{a.output}", a.requests, rate=a.rate,
+                           arrival="poisson", seed=1)
+    log_dir = str(ROOT / "bench/results/.logs")
+
+    base = asyncio.run(inprocess(items, a.profile, a.time_scale))
+    mesh = through_mesh(items, a.profile, a.time_scale, None, 1, log_dir)
+    tp_items = [WorkItem(0.0, 16, a.throughput_output) for _ in range(a.concurrency * 2)]
+    tp = through_mesh(tp_items, a.profile, 0.0, a.concurrency, 2, log_dir)
+
+    added_p50 = mesh["ttft_ms"]["p50"] - base["ttft_ms"]["p50"]
+    added_p99 = mesh["ttft_ms"]["p99"] - base["ttft_ms"]["p99"]
+    out = {
+        "config": vars(a),
+        "inprocess": base,
+        "mesh": {k: mesh[k] for k in ("ttft_ms", "e2e_ms", "itl_ms", "completed", "errors",
+                                      "output_token_throughput", "frontend_cpu_fraction")},
+        "added_ttft_ms_p50": added_p50,
+        "added_ttft_ms_p99": added_p99,
+        "added_e2e_ms_p50": mesh["e2e_ms"]["p50"] - base["e2e_ms"]["p50"],
+        "frontend_tokens_per_s": tp["output_token_throughput"],
+        "throughput_run": {k: tp[k] for k in ("completed", "errors", "output_tokens",
+                                              "output_token_throughput", "ttft_ms", "itl_ms",
+                                              "frontend_cpu_fraction")},
+        "targets": {"added_ttft_ms_p50": 2.0, "added_ttft_ms_p99": 10.0,
+                    "frontend_tokens_per_s": 10000},
+    }
+    rows = [("TTFT p50 (ms)", base["ttft_ms"]["p50"], mesh["ttft_ms"]["p50"], added_p50),
+            ("TTFT p99 (ms)", base["ttft_ms"]["p99"], mesh["ttft_ms"]["p99"], added_p99),
+            ("E2E p50 (ms)", base["e2e_ms"]["p50"], mesh["e2e_ms"]["p50"],
+             out["added_e2e_ms_p50"])]
+    print(f"{'':16} {'in-process':>12} {'mesh':>12} {'added':>10}")
+    for name, b, m, d in rows:
+        print(f"{name:16} {b:12.2f} {m:12.2f} {d:10.2f}")
+    print(f"frontend streamed tokens/s (2 non-sleeping workers, {a.concurrency} streams): "
+          f"{tp['output_token_throughput']:.0f}  (frontend CPU {tp['frontend_cpu_fraction']:.0%})")
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(out, indent=2))
+    print(f"wrote {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
