@@ -137,11 +137,14 @@ class FrontendServer:
             raise ApiError(503, f"no instance available: {exc}", type_="service_unavailable",
                            code="no_instance") from None
         self.metrics.in_flight.inc()
+        deadline = asyncio.get_running_loop().call_later(
+            self.cfg.request_timeout_s, stream.finish, StreamEnd("error", "request timed out", 504))
         try:
             if req.stream:
                 return await self.stream_response(request, req, stream, t0)
             return await self.full_response(req, stream, t0)
         finally:
+            deadline.cancel()
             self.metrics.in_flight.dec()
             if not stream.finished or stream.stop_hit:
                 reason = "stop string" if stream.stop_hit else "client disconnected"
@@ -151,11 +154,10 @@ class FrontendServer:
             else:
                 self.cluster.forget(rid)
 
-    async def wait(self, stream: RequestStream) -> None:
-        try:
-            await asyncio.wait_for(stream.queue.get(), self.cfg.request_timeout_s)
-        except asyncio.TimeoutError:
-            stream.finish(StreamEnd("error", "request timed out", 504))
+    @staticmethod
+    async def wait(stream: RequestStream) -> None:
+        """Until the stream has news (the request's deadline timer finishes it, see generate)."""
+        await stream.queue.get()
 
     def observe(self, stream: RequestStream, t0: float) -> None:
         if stream.first_token_at is not None:

@@ -50,6 +50,7 @@ class RequestStream:
         self._pending: dict[int, TokenDelta] = {}
         self._prefix = 0  # incremental detokenisation window
         self._read = 0
+        self._newest = 0  # end index of the furthest-reaching delta seen
         self._hold = max((len(s) for s in self.stop), default=1) - 1
 
     @property
@@ -64,14 +65,31 @@ class RequestStream:
             self.finish(StreamEnd("error", delta.error or "request failed",
                                   _status_for(delta.error_code)))
             return
-        if delta.token_ids or delta.finish_reason != FinishReason.NONE:
+        end = delta.start_index + len(delta.token_ids)
+        if (delta.token_ids or delta.finish_reason != FinishReason.NONE) and (
+                end > self._newest or (end == self._newest and not delta.token_ids)):
+            # whoever sent the furthest tokens owns the request: a source's late batch after a
+            # migration must not point aborts and failure handling back at the source
+            self._newest = end
             self.instance_id = instance_id or self.instance_id
         if delta.start_index > len(self.output_ids):
-            self._pending[delta.start_index] = delta
+            self._park(delta)
             return
         self._apply(delta)
-        while len(self.output_ids) in self._pending and not self.finished:
-            self._apply(self._pending.pop(len(self.output_ids)))
+        self._release()
+
+    def _park(self, delta: TokenDelta) -> None:
+        old = self._pending.get(delta.start_index)
+        if old is None or _reach(delta) > _reach(old):
+            self._pending[delta.start_index] = delta
+
+    def _release(self) -> None:
+        """Apply parked deltas that now start at or inside what we have (they may overlap it)."""
+        while self._pending and not self.finished:
+            ready = [i for i in self._pending if i <= len(self.output_ids)]
+            if not ready:
+                return
+            self._apply(self._pending.pop(min(ready)))
 
     def _apply(self, delta: TokenDelta) -> None:
         skip = len(self.output_ids) - delta.start_index
@@ -130,6 +148,10 @@ class RequestStream:
     def usage(self) -> dict:
         p, c = len(self.prompt_token_ids), len(self.output_ids)
         return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+
+
+def _reach(delta: TokenDelta) -> tuple[int, bool]:
+    return len(delta.token_ids), delta.finish_reason != FinishReason.NONE
 
 
 def _status_for(code: int) -> int:

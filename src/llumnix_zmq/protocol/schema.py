@@ -66,17 +66,22 @@ class Struct:
     def from_wire(cls, raw: Any, limits: Limits = DEFAULT_LIMITS, depth: int = 0):
         if not isinstance(raw, (list, tuple)):
             raise SchemaError(f"{cls.__name__}: expected array, got {type(raw).__name__}")
-        spec = cls.spec()
-        required = sum(1 for _, _, req in spec if req)
+        plan = cls.__dict__.get("_plan_cache")
+        if plan is None:
+            spec = cls.spec()
+            plan = (sum(1 for _, _, req in spec if req),
+                    tuple((name, _compile(ann)) for name, ann, _ in spec))
+            cls._plan_cache = plan  # type: ignore[attr-defined]
+        required, fields = plan
         if len(raw) < required:
             raise SchemaError(f"{cls.__name__}: {len(raw)} fields, needs {required}")
-        kwargs = {}
-        for (name, ann, _), value in zip(spec, raw):
+        values = []
+        for (name, check), value in zip(fields, raw):
             try:
-                kwargs[name] = _check(ann, value, limits, depth + 1)
+                values.append(check(value, limits, depth + 1))
             except SchemaError as exc:
                 raise SchemaError(f"{cls.__name__}.{name}: {exc}") from None
-        return cls(**kwargs)
+        return cls(*values)
 
 
 def _to_wire(value: Any) -> Any:
@@ -91,73 +96,120 @@ def _to_wire(value: Any) -> Any:
     return value
 
 
+_COMPILED: dict[Any, Any] = {}
+
+
 def _check(ann: Any, value: Any, limits: Limits, depth: int) -> Any:
-    if depth > limits.max_depth:
-        raise SchemaError("nested too deep")
+    return _compile(ann)(value, limits, depth)
+
+
+def _compile(ann: Any):
+    """A checker ``f(value, limits, depth) -> value`` for an annotation, built once: decoding
+    then costs no type-hint introspection per value (hot path: a TokenBatch per engine step)."""
+    fn = _COMPILED.get(ann)
+    if fn is None:
+        fn = _COMPILED[ann] = _build(ann)
+    return fn
+
+
+def _depth_guard(inner):
+    def check(value, limits, depth):
+        if depth > limits.max_depth:
+            raise SchemaError("nested too deep")
+        return inner(value, limits, depth)
+
+    return check
+
+
+def _build(ann: Any):
     origin = typing.get_origin(ann)
     if origin in (typing.Union, types.UnionType):
         args = typing.get_args(ann)
-        if value is None and type(None) in args:
-            return None
-        last: SchemaError | None = None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check(arg, value, limits, depth)
-            except SchemaError as exc:
-                last = exc
-        raise last or SchemaError("no union member matched")
+        optional = type(None) in args
+        members = [_compile(a) for a in args if a is not type(None)]
+
+        def check_union(value, limits, depth):
+            if value is None and optional:
+                return None
+            last: SchemaError | None = None
+            for member in members:
+                try:
+                    return member(value, limits, depth)
+                except SchemaError as exc:
+                    last = exc
+            raise last or SchemaError("no union member matched")
+
+        return _depth_guard(check_union)
     if origin in (list, tuple):
-        (item,) = typing.get_args(ann)[:1]
-        if not isinstance(value, (list, tuple)):
-            raise SchemaError(f"expected list, got {type(value).__name__}")
-        if len(value) > limits.max_list:
-            raise SchemaError(f"list of {len(value)} exceeds {limits.max_list}")
-        return tuple(_check(item, v, limits, depth + 1) for v in value)
+        item = _compile(typing.get_args(ann)[0])
+
+        def check_list(value, limits, depth):
+            if not isinstance(value, (list, tuple)):
+                raise SchemaError(f"expected list, got {type(value).__name__}")
+            if len(value) > limits.max_list:
+                raise SchemaError(f"list of {len(value)} exceeds {limits.max_list}")
+            d = depth + 1
+            return tuple([item(v, limits, d) for v in value])
+
+        return _depth_guard(check_list)
     if origin is dict:
-        key_t, val_t = typing.get_args(ann)
-        if not isinstance(value, dict):
-            raise SchemaError(f"expected map, got {type(value).__name__}")
-        if len(value) > limits.max_list:
-            raise SchemaError("map too large")
-        return {
-            _check(key_t, k, limits, depth + 1): _check(val_t, v, limits, depth + 1)
-            for k, v in value.items()
-        }
+        key_t, val_t = (_compile(a) for a in typing.get_args(ann))
+
+        def check_map(value, limits, depth):
+            if not isinstance(value, dict):
+                raise SchemaError(f"expected map, got {type(value).__name__}")
+            if len(value) > limits.max_list:
+                raise SchemaError("map too large")
+            d = depth + 1
+            return {key_t(k, limits, d): val_t(v, limits, d) for k, v in value.items()}
+
+        return _depth_guard(check_map)
     if ann is Any:
-        return value
+        return _depth_guard(lambda value, limits, depth: value)
     if isinstance(ann, type) and issubclass(ann, Struct):
-        return ann.from_wire(value, limits, depth)
+        return _depth_guard(lambda value, limits, depth: ann.from_wire(value, limits, depth))
     if isinstance(ann, type) and issubclass(ann, enum.IntEnum):
-        if type(value) is not int:
-            raise SchemaError(f"expected enum int, got {type(value).__name__}")
-        try:
-            return ann(value)
-        except ValueError:
-            raise SchemaError(f"{value} is not a {ann.__name__}") from None
-    if ann is bool:
-        if type(value) is not bool:
-            raise SchemaError(f"expected bool, got {type(value).__name__}")
-        return value
-    if ann is int:
-        if type(value) is not int:
-            raise SchemaError(f"expected int, got {type(value).__name__}")
-        return value
+        members = {int(m): m for m in ann}
+
+        def check_enum(value, limits, depth):
+            if type(value) is not int:
+                raise SchemaError(f"expected enum int, got {type(value).__name__}")
+            member = members.get(value)
+            if member is None:
+                raise SchemaError(f"{value} is not a {ann.__name__}")
+            return member
+
+        return _depth_guard(check_enum)
+    if ann in (bool, int):
+        def check_exact(value, limits, depth):
+            if type(value) is not ann:
+                raise SchemaError(f"expected {ann.__name__}, got {type(value).__name__}")
+            return value
+
+        return _depth_guard(check_exact)
     if ann is float:
-        if type(value) not in (float, int):
-            raise SchemaError(f"expected float, got {type(value).__name__}")
-        return float(value)
+        def check_float(value, limits, depth):
+            if type(value) not in (float, int):
+                raise SchemaError(f"expected float, got {type(value).__name__}")
+            return float(value)
+
+        return _depth_guard(check_float)
     if ann is str:
-        if type(value) is not str:
-            raise SchemaError(f"expected str, got {type(value).__name__}")
-        if len(value) > limits.max_str:
-            raise SchemaError(f"string of {len(value)} exceeds {limits.max_str}")
-        return value
+        def check_str(value, limits, depth):
+            if type(value) is not str:
+                raise SchemaError(f"expected str, got {type(value).__name__}")
+            if len(value) > limits.max_str:
+                raise SchemaError(f"string of {len(value)} exceeds {limits.max_str}")
+            return value
+
+        return _depth_guard(check_str)
     if ann is bytes:
-        if type(value) is not bytes:
-            raise SchemaError(f"expected bytes, got {type(value).__name__}")
-        if len(value) > limits.max_bytes:
-            raise SchemaError(f"bytes of {len(value)} exceed {limits.max_bytes}")
-        return value
+        def check_bytes(value, limits, depth):
+            if type(value) is not bytes:
+                raise SchemaError(f"expected bytes, got {type(value).__name__}")
+            if len(value) > limits.max_bytes:
+                raise SchemaError(f"bytes of {len(value)} exceed {limits.max_bytes}")
+            return value
+
+        return _depth_guard(check_bytes)
     raise SchemaError(f"unsupported annotation {ann!r}")

@@ -1,0 +1,321 @@
+"""Property tests: ``decode`` returns a valid message or raises ``DecodeError`` — nothing else —
+for any frames; and ``Router.handle_frames`` never raises, answering bad input with an
+``ErrorReply``. Messages are generated from the schema itself, so a new message type or field
+is fuzzed without touching this file."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import struct
+import typing
+
+import msgpack
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from llumnix_zmq.protocol import messages as m
+from llumnix_zmq.protocol.codec import DecodeError, decode, encode
+from llumnix_zmq.protocol.messages import ALL_MESSAGES, BY_TAG, ErrorCode, ErrorReply
+from llumnix_zmq.protocol.schema import Struct
+from llumnix_zmq.transport.dispatcher import Router
+from llumnix_zmq.transport.rpc import reply_key
+
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+DECODE_CODES = {ErrorCode.MALFORMED, ErrorCode.UNKNOWN_TYPE, ErrorCode.TOO_LARGE}
+TAGS = sorted(BY_TAG)
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+def for_annotation(ann) -> st.SearchStrategy:
+    origin = typing.get_origin(ann)
+    if origin is typing.Union:
+        (inner,) = [a for a in typing.get_args(ann) if a is not type(None)]
+        return st.none() | for_annotation(inner)
+    if origin is tuple:
+        return st.lists(for_annotation(typing.get_args(ann)[0]), max_size=4).map(tuple)
+    if isinstance(ann, type) and issubclass(ann, Struct):
+        return for_struct(ann)
+    if isinstance(ann, type) and issubclass(ann, enum.IntEnum):
+        return st.sampled_from(list(ann))
+    return {
+        bool: st.booleans(),
+        int: st.integers(-(1 << 63), (1 << 64) - 1),
+        float: st.floats(allow_nan=False),
+        str: st.text(max_size=12),
+        bytes: st.binary(max_size=12),
+    }[ann]
+
+
+def for_struct(cls) -> st.SearchStrategy:
+    hints = typing.get_type_hints(cls)
+    return st.builds(cls, **{name: for_annotation(hints[name]) for name, _, _ in cls.spec()})
+
+
+messages = st.sampled_from(ALL_MESSAGES).flatmap(for_struct)
+
+msgpack_leaves = (
+    st.none() | st.booleans() | st.integers(-(1 << 63), (1 << 64) - 1) | st.floats()
+    | st.text(max_size=8) | st.binary(max_size=8)
+    | st.builds(msgpack.ExtType, st.integers(0, 127), st.binary(max_size=4))
+)
+msgpack_values = st.recursive(
+    msgpack_leaves,
+    lambda kids: (st.lists(kids, max_size=6)
+                  | st.dictionaries(st.text(max_size=4), kids, max_size=4)),
+    max_leaves=25,
+)
+
+
+def tag_bytes(tag: int) -> bytes:
+    return struct.pack(">H", tag)
+
+
+@st.composite
+def confused_frames(draw):
+    """A known tag with a msgpack body of arbitrary (usually wrong) shape."""
+    tag = draw(st.sampled_from(TAGS))
+    if draw(st.booleans()):
+        body = draw(st.lists(msgpack_values, max_size=12))
+    else:
+        body = draw(msgpack_values)
+    return [tag_bytes(tag), msgpack.packb(body, use_bin_type=True)]
+
+
+@st.composite
+def valid_with_one_position_confused(draw):
+    """A valid message whose wire array has one field replaced by an arbitrary value."""
+    msg = draw(messages)
+    wire = msg.to_wire()
+    i = draw(st.integers(0, len(wire) - 1))
+    wire[i] = draw(msgpack_values)
+    return [tag_bytes(msg.TAG), msgpack.packb(wire, use_bin_type=True)]
+
+
+@st.composite
+def truncated(draw):
+    tag, body = encode(draw(messages))
+    cut = draw(st.integers(0, len(body) - 1))
+    return [tag, body[:cut]]
+
+
+@st.composite
+def one_byte_flipped(draw):
+    frames = encode(draw(messages))
+    joined = bytearray(frames[0] + frames[1])
+    i = draw(st.integers(0, len(joined) - 1))
+    joined[i] ^= draw(st.integers(1, 255))
+    return [bytes(joined[:2]), bytes(joined[2:])]
+
+
+random_frames = st.lists(st.binary(max_size=40), max_size=5)
+any_frames = (random_frames | truncated() | one_byte_flipped() | confused_frames()
+              | valid_with_one_position_confused())
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def check_decode(frames):
+    """The decode contract; returns the message or the DecodeError."""
+    try:
+        msg, raw = decode(frames)
+    except DecodeError as exc:
+        assert exc.code in DECODE_CODES
+        assert isinstance(exc.message, str)
+        return exc
+    assert type(msg) in ALL_MESSAGES
+    assert raw == list(frames[2:])
+    # a valid instance: it re-validates and re-encodes to a stable form
+    again = encode(msg)
+    assert encode(decode(again)[0]) == again
+    assert type(msg).from_wire(msg.to_wire()) == msg or _has_nan(msg)
+    return msg
+
+
+def _has_nan(msg) -> bool:
+    return any(v != v for v in _floats(msg.to_wire()))
+
+
+def _floats(value):
+    if isinstance(value, float):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _floats(v)
+
+
+@FUZZ
+@given(messages)
+def test_generated_messages_round_trip(msg):
+    frames = encode(msg, [b"raw"])
+    out, raw = decode(frames)
+    assert out == msg
+    assert raw == [b"raw"]
+
+
+@FUZZ
+@given(random_frames)
+def test_random_bytes(frames):
+    check_decode(frames)
+
+
+@FUZZ
+@given(truncated())
+def test_truncated_valid_encodings_are_malformed(frames):
+    result = check_decode(frames)
+    assert isinstance(result, DecodeError)
+    assert result.code is ErrorCode.MALFORMED
+
+
+@FUZZ
+@given(one_byte_flipped())
+def test_one_byte_flipped(frames):
+    check_decode(frames)
+
+
+@FUZZ
+@given(confused_frames())
+def test_type_confused_values_under_every_tag(frames):
+    check_decode(frames)
+
+
+@FUZZ
+@given(valid_with_one_position_confused())
+def test_one_field_confused(frames):
+    check_decode(frames)
+
+
+@FUZZ
+@given(st.sampled_from(TAGS), msgpack_values)
+def test_arbitrary_top_level_value(tag, value):
+    check_decode([tag_bytes(tag), msgpack.packb(value, use_bin_type=True)])
+
+
+# --------------------------------------------------------------------------- Router
+
+
+class FakeSock:
+    """What Router touches of a ROUTER socket: ``send_multipart``."""
+
+    def __init__(self):
+        self.sent: list[list] = []
+
+    async def send_multipart(self, frames, copy=True):
+        self.sent.append(list(frames))
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def make_router():
+    calls: list[tuple[bytes, m.Message, list]] = []
+
+    def list_instances(identity, msg, raw):  # sync handler with a reply
+        calls.append((identity, msg, raw))
+        return m.InstanceTable(msg.query_id, ())
+
+    async def report(identity, msg, raw):  # async handler, no reply
+        calls.append((identity, msg, raw))
+        return None
+
+    async def dispatch(identity, msg, raw):  # a handler bug
+        calls.append((identity, msg, raw))
+        raise Boom(f"bad {msg.request_id}")
+
+    handlers = {m.ListInstances: list_instances, m.LoadReport: report, m.DispatchQuery: dispatch}
+    sock = FakeSock()
+    return Router(sock, handlers, "fuzz"), sock, calls
+
+
+def expected_reply(frames) -> tuple[m.Message | None, bool]:
+    """What the router must send back for ``frames`` and whether a handler runs."""
+    try:
+        msg, _ = decode(frames)
+    except DecodeError as exc:
+        return exc.reply(), False
+    if isinstance(msg, m.ListInstances):
+        return m.InstanceTable(msg.query_id, ()), True
+    if isinstance(msg, m.LoadReport):
+        return None, True
+    if isinstance(msg, m.DispatchQuery):
+        return ErrorReply(ErrorCode.INTERNAL, f"Boom: bad {msg.request_id}", ref_tag=msg.TAG,
+                          query_id=reply_key(msg) or 0), True
+    return ErrorReply(ErrorCode.UNKNOWN_TYPE, f"fuzz does not accept {type(msg).__name__}",
+                      ref_tag=msg.TAG, query_id=reply_key(msg) or 0), False
+
+
+def run_router(batch):
+    router, sock, calls = make_router()
+
+    async def go():
+        for frames in batch:
+            await router.handle_frames([b"peer", *frames])
+        # the loop is still alive: a good query after all of that is answered
+        await router.handle_frames([b"peer", *encode(m.ListInstances(424242))])
+
+    asyncio.run(go())
+    return router, sock, calls
+
+
+@FUZZ
+@given(st.lists(any_frames | st.sampled_from(ALL_MESSAGES).flatmap(for_struct).map(encode),
+                min_size=1, max_size=4))
+def test_router_never_raises_and_answers_bad_input(batch):
+    router, sock, calls = run_router(batch)
+    want_sent, want_calls, want_errors = [], 0, 0
+    for frames in batch:
+        reply, handled = expected_reply(frames)
+        want_calls += handled
+        if isinstance(reply, ErrorReply):
+            want_errors += 1
+        if reply is not None:
+            want_sent.append([b"peer", *encode(reply)])
+    want_sent.append([b"peer", *encode(m.InstanceTable(424242, ()))])
+    assert sock.sent == want_sent
+    assert len(calls) == want_calls + 1
+    assert router.errors == want_errors
+    for frames in sock.sent:  # every answer is itself a valid message
+        decode(frames[1:])
+
+
+def test_router_malformed_and_unknown_get_error_replies():
+    batch = [
+        [b"\x00", b"\x90"],  # bad tag length
+        [m.ListInstances.TAG.to_bytes(2, "big"), b"\xc1"],  # garbage body
+        [b"\x12\x34", b"\x90"],  # unknown tag
+        encode(m.AbortRequest("r")),  # valid, no handler
+        encode(m.DispatchQuery(77, "r9", 3)),  # handler raises
+        encode(m.LoadReport("w", 1, m.InstanceLoad(1, 0, 0, 0))),  # handled, no reply
+    ]
+    router, sock, calls = run_router(batch)
+    replies = [decode(frames[1:])[0] for frames in sock.sent]
+    assert [r.code for r in replies[:5]] == [ErrorCode.MALFORMED, ErrorCode.MALFORMED,
+                                             ErrorCode.UNKNOWN_TYPE, ErrorCode.UNKNOWN_TYPE,
+                                             ErrorCode.INTERNAL]
+    assert replies[0] == ErrorReply(ErrorCode.MALFORMED, "tag frame must be 2 bytes")
+    assert replies[2] == ErrorReply(ErrorCode.UNKNOWN_TYPE, "unknown message type 4660", "", 0x1234)
+    assert replies[3] == ErrorReply(ErrorCode.UNKNOWN_TYPE, "fuzz does not accept AbortRequest",
+                                    ref_tag=m.AbortRequest.TAG)
+    assert replies[4] == ErrorReply(ErrorCode.INTERNAL, "Boom: bad r9", ref_tag=m.DispatchQuery.TAG,
+                                    query_id=77)
+    assert replies[5] == m.InstanceTable(424242, ())  # still serving after the handler raised
+    assert len(replies) == 6
+    assert [type(c[1]) for c in calls] == [m.DispatchQuery, m.LoadReport, m.ListInstances]
+    assert all(c[0] == b"peer" for c in calls)
+    assert router.errors == 5
+
+
+def test_router_identity_only_gets_malformed_and_empty_is_ignored():
+    router, sock, _ = make_router()
+
+    async def go():
+        await router.handle_frames([])
+        await router.handle_frames([b"lonely"])
+
+    asyncio.run(go())
+    assert sock.sent == [[b"lonely", *encode(ErrorReply(ErrorCode.MALFORMED,
+                                                        "expected >= 2 frames, got 0"))]]

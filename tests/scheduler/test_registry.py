@@ -1,0 +1,161 @@
+"""scheduler/registry.Registry: registration, reports, reaping with explicit ``now`` values, and
+every edge of the instance lifecycle."""
+
+from __future__ import annotations
+
+import pytest
+
+from llumnix_zmq.common.fsm import IllegalTransition
+from llumnix_zmq.protocol.messages import (
+    PROTOCOL_VERSION,
+    InstanceInfo,
+    InstanceLoad,
+    InstanceState,
+    RegisterWorker,
+    RequestLoad,
+)
+from llumnix_zmq.scheduler.registry import TRANSITIONS, Registry
+
+A, D, X = InstanceState.ACTIVE, InstanceState.DRAINING, InstanceState.DEAD
+
+
+def reg(instance_id: str, num_blocks: int = 100, address: str | None = None) -> RegisterWorker:
+    return RegisterWorker(PROTOCOL_VERSION, instance_id, address or f"tcp://h:{instance_id}",
+                          "sim", "llama", 16, num_blocks, 2048, 8)
+
+
+def load(used: int, draining: bool = False) -> InstanceLoad:
+    return InstanceLoad(100, used, 1, 0, 8, 16, (RequestLoad("r", used),), draining)
+
+
+def test_transition_table_is_the_documented_lifecycle():
+    assert TRANSITIONS == {A: frozenset({D, X}), D: frozenset({A, X}), X: frozenset()}
+
+
+def test_register_starts_active_with_an_empty_load():
+    r = Registry(heartbeat_timeout_s=1.0)
+    rec = r.register(reg("w1", num_blocks=500), b"id-1", now=10.0)
+    assert rec.state is A
+    assert rec.identity == b"id-1"
+    assert rec.last_report == 10.0
+    assert rec.load == InstanceLoad(500, 0, 0, 0, 8, 16)
+    assert r.get("w1") is rec
+    assert rec.fsm.history == [A]
+
+
+def test_report_updates_load_and_time():
+    r = Registry(1.0)
+    r.register(reg("w1"), b"i", now=10.0)
+    rec = r.report("w1", load(30), now=10.5)
+    assert rec is r.get("w1")
+    assert rec.load == load(30)
+    assert rec.last_report == 10.5
+    assert rec.state is A
+
+
+def test_report_for_unknown_instance_returns_none():
+    r = Registry(1.0)
+    assert r.report("ghost", load(1), now=1.0) is None
+    assert r.records == {}
+
+
+def test_reregister_keeps_the_last_load_and_resets_identity_and_time():
+    r = Registry(1.0)
+    r.register(reg("w1"), b"old", now=10.0)
+    r.report("w1", load(42), now=10.25)
+    rec = r.register(reg("w1", address="tcp://new:1"), b"new", now=20.0)
+    assert rec.load == load(42)
+    assert rec.identity == b"new"
+    assert rec.reg.address == "tcp://new:1"
+    assert rec.last_report == 20.0
+    assert rec.state is A
+    assert list(r.records) == ["w1"]
+
+
+def test_active_to_draining_via_report_then_back_to_active():
+    r = Registry(1.0)
+    r.register(reg("w1"), b"i", now=0.0)
+    rec = r.report("w1", load(5, draining=True), now=0.5)
+    assert rec.state is D
+    r.report("w1", load(5, draining=True), now=0.75)  # stays DRAINING, no second transition
+    assert rec.fsm.history == [A, D]
+    rec.fsm.transition(A)  # the scheduler cancels a scale-in (service.set_draining)
+    assert rec.state is A
+    r.report("w1", load(5, draining=False), now=1.0)
+    assert rec.fsm.history == [A, D, A]
+
+
+def test_reap_uses_a_strict_timeout():
+    r = Registry(heartbeat_timeout_s=1.0)
+    r.register(reg("w1"), b"i", now=10.0)
+    r.register(reg("w2"), b"j", now=10.0)
+    r.report("w2", load(1), now=10.5)
+    assert r.reap(now=11.0) == []  # exactly the timeout: still alive
+    dead = r.reap(now=11.25)
+    assert [d.reg.instance_id for d in dead] == ["w1"]
+    assert dead[0].state is X
+    assert dead[0].fsm.history == [A, X]
+    assert r.get("w1") is None
+    assert r.reap(now=11.5) == []
+    assert [d.reg.instance_id for d in r.reap(now=11.625)] == ["w2"]
+    assert r.records == {}
+
+
+def test_draining_to_dead_via_reap():
+    r = Registry(0.5)
+    r.register(reg("w1"), b"i", now=0.0)
+    r.report("w1", load(3, draining=True), now=1.0)
+    (dead,) = r.reap(now=1.75)
+    assert dead.fsm.history == [A, D, X]
+
+
+def test_dead_is_terminal():
+    r = Registry(0.5)
+    rec = r.register(reg("w1"), b"i", now=0.0)
+    r.reap(now=1.0)
+    for target in (A, D, X):
+        with pytest.raises(IllegalTransition):
+            rec.fsm.transition(target)
+
+
+def test_every_edge_of_the_table_is_walkable():
+    walked = set()
+    for source, targets in TRANSITIONS.items():
+        for target in targets:
+            r = Registry(1.0)
+            rec = r.register(reg("w"), b"i", now=0.0)
+            if source is D:
+                rec.fsm.transition(D)
+            rec.fsm.transition(target)
+            assert rec.state is target
+            walked.add((source, target))
+    assert walked == {(A, D), (A, X), (D, A), (D, X)}
+
+
+def test_remove():
+    r = Registry(1.0)
+    rec = r.register(reg("w1"), b"i", now=0.0)
+    assert r.remove("w1") is rec
+    assert r.remove("w1") is None
+    assert r.reap(now=100.0) == []
+
+
+def test_infos_sorted_by_id_with_exact_report_age():
+    r = Registry(10.0)
+    r.register(reg("w2"), b"b", now=1.0)
+    r.register(reg("w10"), b"c", now=2.0)
+    r.register(reg("w1"), b"a", now=3.0)
+    r.report("w2", load(7, draining=True), now=4.5)
+    infos = r.infos(now=5.0)
+    assert infos == [
+        InstanceInfo("w1", "tcp://h:w1", A, InstanceLoad(100, 0, 0, 0, 8, 16), 2.0, "llama", 2048),
+        InstanceInfo("w10", "tcp://h:w10", A, InstanceLoad(100, 0, 0, 0, 8, 16), 3.0, "llama",
+                     2048),
+        InstanceInfo("w2", "tcp://h:w2", D, load(7, draining=True), 0.5, "llama", 2048),
+    ]
+
+
+def test_report_age_never_negative():
+    r = Registry(1.0)
+    r.register(reg("w1"), b"i", now=5.0)
+    assert r.infos(now=4.0)[0].report_age_s == 0.0
