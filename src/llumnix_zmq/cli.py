@@ -55,6 +55,8 @@ def _up(argv: list[str]) -> int:
     p.add_argument("--time-scale", type=float, default=1.0, help="sim: step time multiplier")
     p.add_argument("--dispatch-policy", default="llumnix")
     p.add_argument("--no-migration", action="store_true")
+    p.add_argument("--autoscale", default="", metavar="MIN,MAX",
+                   help="auto-scale between MIN and MAX instances (starts MIN)")
     p.add_argument("--admin-key", default=os.environ.get("LLUMNIX_ADMIN_KEY", ""))
     p.add_argument("--api-key", action="append", default=[])
     p.add_argument("--transport", default="ipc", choices=["ipc", "tcp"])
@@ -68,6 +70,11 @@ def _up(argv: list[str]) -> int:
     a = p.parse_args(argv)
     setup_logging(a.log_level, "up")
     model = a.model or ("smollm2" if a.engine == "torch" else "sim")
+    if a.autoscale:
+        lo, hi = (int(x) for x in a.autoscale.split(","))
+        a.instances = lo
+        a.scheduler_arg += ["--autoscale-min", str(lo), "--autoscale-max", str(hi),
+                            "--launcher", "local"]
     spec = ClusterSpec(engine=a.engine, model=model, instances=a.instances, host=a.host,
                        port=a.port, profile=a.profile, time_scale=a.time_scale,
                        dispatch_policy=a.dispatch_policy, enable_migration=not a.no_migration,
@@ -79,6 +86,9 @@ def _up(argv: list[str]) -> int:
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))
     cluster = LocalCluster(spec)
+    if a.autoscale:
+        spec.scheduler_args += ["--launch-template", cluster.worker_template()]
+        spec.frontend_args += ["--expect-instances", str(max(1, lo))]
     cluster.start()
     try:
         if not cluster.wait_ready(a.ready_timeout):

@@ -38,6 +38,9 @@ class SchedulerConfig:
     scale_in_threshold: float = -1.0
     scale_cooldown_s: float = 10.0
     launcher: str = "none"  # none | local | compose
+    launch_template: str = ""  # local: worker flags for new instances ({id} = instance id)
+    compose_file: str = ""  # compose: the docker-compose.yml to scale
+    compose_service: str = "worker"
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 0  # 0: no metrics endpoint
     seed: int = 0

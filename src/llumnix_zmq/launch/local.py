@@ -110,14 +110,22 @@ class LocalCluster:
                 *s.scheduler_args]
         return self._start(Child("scheduler", self._cmd("scheduler", *args)))
 
-    def start_worker(self, extra: list[str] | None = None) -> Child:
+    def worker_args(self, name: str) -> list[str]:
         s = self.spec
+        return ["--scheduler", self.scheduler_address, "--bind", self.address(name),
+                "--engine", s.engine, "--model", s.model, "--profile", s.profile,
+                "--time-scale", str(s.time_scale), "--log-level", s.log_level, *s.worker_args]
+
+    def worker_template(self) -> str:
+        """Worker flags for the scheduler's local launcher ({id}: the new instance's id)."""
+        import shlex
+
+        return shlex.join(self.worker_args("{id}"))
+
+    def start_worker(self, extra: list[str] | None = None) -> Child:
         name = f"worker-{self._next_worker}"
         self._next_worker += 1
-        args = ["--scheduler", self.scheduler_address, "--bind", self.address(name),
-                "--instance-id", name, "--engine", s.engine, "--model", s.model,
-                "--profile", s.profile, "--time-scale", str(s.time_scale),
-                *s.worker_args, *(extra or [])]
+        args = ["--instance-id", name, *self.worker_args(name), *(extra or [])]
         return self._start(Child(name, self._cmd("worker", *args)))
 
     def start_frontend(self) -> Child:

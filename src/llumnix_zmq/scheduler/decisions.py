@@ -25,13 +25,19 @@ _OVERRIDES = {
 }
 
 
+def base_policy(name: str) -> str:
+    """``pin:ID`` (tests and operators: every request to one instance, e.g. to build a skewed
+    load for the migration loop to fix) migrates like ``llumnix``."""
+    return "llumnix" if name.startswith("pin:") else name
+
+
 def policy_config(cfg) -> PolicyConfig:
     kwargs = {dst: getattr(cfg, src) for src, dst in _OVERRIDES.items()
               if getattr(cfg, src) is not None and getattr(cfg, src) >= 0}
     if cfg.autoscale_max:
         kwargs.update(min_instances=cfg.autoscale_min, max_instances=cfg.autoscale_max)
     return PolicyConfig(
-        dispatch_policy=cfg.dispatch_policy,
+        dispatch_policy=base_policy(cfg.dispatch_policy),
         enable_migration=None if cfg.enable_migration else False,  # None: llumnix policies only
         pairing_period_s=cfg.pairing_period_s,
         report_staleness_s=max(cfg.heartbeat_timeout_s, 5 * cfg.report_period_s),
@@ -51,16 +57,24 @@ class Decider:
         self.launcher = launcher
         self.scaler = AutoScaler(self.policy) if cfg.autoscale_max else None
         self.pending_launches: set[str] = set()
+        self.started_at: float | None = None
+        # after a (re)start the registry fills from worker registrations: no scaling until then
+        self.grace_s = max(2.0, 2 * cfg.heartbeat_timeout_s)
 
     def dispatch(self, infos: list[InstanceInfo], num_prompt_tokens: int,
                  priority: Priority) -> tuple[str, str] | None:
+        if self.cfg.dispatch_policy.startswith("pin:"):
+            target = self.cfg.dispatch_policy[4:]
+            if any(i.instance_id == target for i in infos):
+                self.metrics.dispatch.labels("pin", "pinned").inc()
+                return target, "pinned"
         try:
-            iid, reason = dispatch(self.cfg.dispatch_policy, infos, num_prompt_tokens, priority,
+            iid, reason = dispatch(self.policy.dispatch_policy, infos, num_prompt_tokens, priority,
                                    self.rng, self.rr, cfg=self.policy)
         except NoInstance:
             self.metrics.dispatch_failures.inc()
             return None
-        self.metrics.dispatch.labels(self.cfg.dispatch_policy, reason).inc()
+        self.metrics.dispatch.labels(self.policy.dispatch_policy, reason).inc()
         return iid, reason
 
     def pairs(self, infos: list[InstanceInfo], now: float) -> list[MigrationPair]:
@@ -78,8 +92,14 @@ class Decider:
     async def autoscale(self, service, infos: list[InstanceInfo], now: float) -> None:
         if self.scaler is None or self.launcher is None:
             return
+        if self.started_at is None:
+            self.started_at = now
+        if now - self.started_at < self.grace_s:
+            return
         known = {i.instance_id for i in infos}
         self.pending_launches -= known
+        if hasattr(self.launcher, "reap"):  # launched children that exited (drained or failed)
+            self.pending_launches -= set(self.launcher.reap())
         decision = self.scaler.decide(infos, now, num_pending=len(self.pending_launches))
         if decision.action == "none":
             return
@@ -94,11 +114,11 @@ class Decider:
 
 def local_dispatch(policy: str, infos: list[InstanceInfo], num_prompt_tokens: int,
                    priority: Priority, rng: random.Random, holder) -> str | None:
-    cfg = PolicyConfig(dispatch_policy=policy, report_staleness_s=float("inf"))
+    cfg = PolicyConfig(dispatch_policy=base_policy(policy), report_staleness_s=float("inf"))
     if getattr(holder, "rr_state", None) is None:
         holder.rr_state = RoundRobinState()
     try:
-        iid, _ = dispatch(policy, infos, num_prompt_tokens, priority, rng, holder.rr_state,
+        iid, _ = dispatch(cfg.dispatch_policy, infos, num_prompt_tokens, priority, rng, holder.rr_state,
                           cfg=cfg)
     except NoInstance:
         return None

@@ -1,0 +1,107 @@
+"""Launchers the auto-scaler uses to add and remove instances (``scheduler.policy.autoscale.
+Launcher``): ``launch() -> instance id`` returns at once (the instance counts as pending until it
+registers); ``stop(id)`` is the last step of a scale-in, after the instance drained itself.
+
+- ``LocalProcessLauncher``: worker processes on this machine (what ``up --autoscale`` uses).
+- ``ComposeLauncher``: ``docker compose up -d --scale SERVICE=N`` for a compose deployment.
+A Kubernetes launcher implements the same two methods (scale a Deployment / delete a Pod).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+
+from .local import _pdeathsig
+
+log = logging.getLogger(__name__)
+
+
+class LocalProcessLauncher:
+    """Starts ``llumnix-zmq worker`` children from an argv template.
+
+    ``template`` holds the worker flags shared by every instance; ``{id}`` in it is replaced by
+    the new instance id (e.g. for an ipc address ``--bind ipc:///run/llumnix/{id}.sock``)."""
+
+    def __init__(self, template: list[str], prefix: str = "auto", python: str = sys.executable):
+        self.template = template
+        self.prefix = prefix
+        self.python = python
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._n = 0
+
+    def launch(self) -> str:
+        self._n += 1
+        iid = f"{self.prefix}-{self._n}"
+        argv = [self.python, "-m", "llumnix_zmq.cli", "worker", "--instance-id", iid,
+                *(a.replace("{id}", iid) for a in self.template)]
+        self.procs[iid] = subprocess.Popen(argv, preexec_fn=_pdeathsig)
+        log.info("launched %s (pid %d)", iid, self.procs[iid].pid)
+        return iid
+
+    def stop(self, instance_id: str) -> None:
+        proc = self.procs.pop(instance_id, None)
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.info("stopped %s", instance_id)
+
+    def reap(self) -> list[str]:
+        """Children that exited by themselves (a drained worker stops when empty)."""
+        gone = [iid for iid, p in self.procs.items() if p.poll() is not None]
+        for iid in gone:
+            log.info("%s exited with code %s", iid, self.procs.pop(iid).returncode)
+        return gone
+
+    def close(self) -> None:
+        for iid in list(self.procs):
+            self.stop(iid)
+
+
+class ComposeLauncher:
+    """Scales a compose service. Instances are the service's replicas; a drained replica exits
+    by itself (``stop_when_empty``), so ``stop`` lowers the replica count to match."""
+
+    def __init__(self, compose_file: str, service: str = "worker",
+                 compose: list[str] | None = None, replicas: int = 0, run=subprocess.run):
+        self.file = compose_file
+        self.service = service
+        self.compose = compose or ["docker", "compose"]
+        self.replicas = replicas
+        self.run = run
+
+    def command(self, replicas: int) -> list[str]:
+        return [*self.compose, "-f", self.file, "up", "-d", "--no-recreate", "--scale",
+                f"{self.service}={replicas}", self.service]
+
+    def _scale(self, replicas: int) -> None:
+        cmd = self.command(replicas)
+        log.info("compose: %s", shlex.join(cmd))
+        self.run(cmd, check=True)
+        self.replicas = replicas
+
+    def launch(self) -> str:
+        self._scale(self.replicas + 1)
+        return f"{self.service}-{self.replicas}"
+
+    def stop(self, instance_id: str) -> None:
+        self._scale(max(0, self.replicas - 1))
+
+
+def make_launcher(kind: str, template: str = "", compose_file: str = "",
+                  service: str = "worker"):
+    if kind == "none" or not kind:
+        return None
+    if kind == "local":
+        return LocalProcessLauncher(shlex.split(template))
+    if kind == "compose":
+        return ComposeLauncher(compose_file, service)
+    raise ValueError(f"unknown launcher {kind!r} (none | local | compose)")
