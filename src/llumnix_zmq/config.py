@@ -95,6 +95,8 @@ class FrontendConfig:
     instance_refresh_s: float = 0.2
     request_timeout_s: float = 600.0
     expect_instances: int = 1  # /health is 200 once this many instances are live
+    max_resumes: int = 3  # re-submissions of a request whose instance died
+    restart_grace_s: float = 3.0  # keep the known table this long after a scheduler restart
     admin_key: str = ""
     api_keys: list = field(default_factory=list)
     log_level: str = "INFO"

@@ -12,8 +12,10 @@ counted); the table is rebuilt from the scheduler as soon as it answers again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
+import time
 
 import zmq
 import zmq.asyncio
@@ -24,6 +26,7 @@ from ..protocol.messages import (
     DispatchQuery,
     ErrorCode,
     ErrorReply,
+    FinishReason,
     FrontendGone,
     GenerateRequest,
     InstanceInfo,
@@ -62,6 +65,7 @@ class Cluster:
         self.rng = random.Random(0)
         self.rr_state = None
         self._tasks: list[asyncio.Task] = []
+        self._restart_seen = 0.0
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -108,12 +112,19 @@ class Cluster:
         if not self.scheduler_ok:
             log.info("scheduler %s reachable: %d instances", table.scheduler_epoch,
                      len(table.instances))
+        restarted = self.scheduler_epoch not in ("", table.scheduler_epoch)
         self.scheduler_ok = True
-        self.scheduler_epoch = table.scheduler_epoch
         self.metrics.scheduler_up.set(1)
         fresh = {i.instance_id: i for i in table.instances}
-        if not fresh and self.instances:
-            return  # a restarted scheduler that has not heard from workers yet: keep the table
+        if restarted and set(fresh) < set(self.instances):
+            # a restarted scheduler is still hearing from its workers again: keep our table for
+            # a grace period (an instance that died meanwhile is dropped once it ends)
+            now = time.monotonic()
+            self._restart_seen = self._restart_seen or now
+            if now - self._restart_seen < self.cfg.restart_grace_s:
+                return
+        self._restart_seen = 0.0
+        self.scheduler_epoch = table.scheduler_epoch
         for gone in set(self.instances) - set(fresh):
             self.on_instance_gone(gone)
         self.instances = fresh
@@ -125,13 +136,37 @@ class Cluster:
         sock = self.to_workers.pop(address, None)
         if sock is not None:
             sock.close(linger=0)
-        failed = [s for s in self.streams.values() if s.instance_id == instance_id and not s.finished]
-        for s in failed:
-            s.finish(StreamEnd("error", f"instance {instance_id} died while serving the request",
-                               503))
-        log.warning("instance %s left the cluster; %d in-flight requests failed", instance_id,
-                    len(failed))
-        self.metrics.instance_failures.inc(len(failed))
+        orphans = [s for s in self.streams.values() if s.instance_id == instance_id
+                   and not s.finished]
+        log.warning("instance %s left the cluster; resuming %d in-flight requests elsewhere",
+                    instance_id, len(orphans))
+        loop = asyncio.get_running_loop()
+        for s in orphans:
+            loop.create_task(self.resume(s, instance_id))
+
+    async def resume(self, stream: RequestStream, dead: str) -> None:
+        """Re-submit a request whose instance died, with the tokens already streamed, to another
+        instance (re-prefill). Greedy requests continue exactly; a sampled one continues with a
+        fresh random state (its seed cannot replay a generator across engines)."""
+        if stream.resumes >= self.cfg.max_resumes:
+            self.metrics.instance_failures.inc()
+            stream.finish(StreamEnd("error", f"instance {dead} died while serving the request "
+                                    f"and the retry budget ({self.cfg.max_resumes}) is spent",
+                                    503))
+            return
+        stream.resumes += 1
+        stream.excluded = (*stream.excluded, dead)
+        msg = dataclasses.replace(stream.request, output_token_ids=tuple(stream.output_ids))
+        try:
+            iid = await self.submit(stream, msg, msg.priority, stream.excluded)
+        except NoInstance:
+            self.metrics.instance_failures.inc()
+            stream.finish(StreamEnd("error", f"instance {dead} died while serving the request "
+                                    "and no other instance is left", 503))
+            return
+        self.metrics.resumes.inc()
+        log.info("resumed %s on %s after %s died (%d tokens kept)", stream.request_id, iid,
+                 dead, len(stream.output_ids))
 
     # --- dispatch and submission -----------------------------------------------------------
     async def dispatch(self, request_id: str, num_prompt_tokens: int, priority: Priority,
@@ -184,6 +219,7 @@ class Cluster:
         instance_id, address = await self.dispatch(msg.request_id, len(msg.prompt_token_ids),
                                                    priority, exclude)
         stream.instance_id = instance_id
+        stream.request = msg
         self.streams[msg.request_id] = stream
         await self.worker_socket(address).send_multipart(encode(msg), copy=False)
         return instance_id
@@ -192,7 +228,10 @@ class Cluster:
         stream = self.streams.pop(request_id, None)
         if stream is None:
             return
-        info = self.instances.get(stream.instance_id)
+        self.abort_on(stream.instance_id, request_id, reason)
+
+    def abort_on(self, instance_id: str, request_id: str, reason: str) -> None:
+        info = self.instances.get(instance_id)
         if info is not None:
             send_nowait(self.worker_socket(info.address), encode(AbortRequest(request_id, reason)))
 
@@ -213,10 +252,13 @@ class Cluster:
                 continue
             for delta in msg.items:
                 stream = self.streams.get(delta.request_id)
-                if stream is not None:
-                    before = len(stream.output_ids)
-                    stream.on_delta(delta, msg.instance_id)
-                    self.metrics.tokens.inc(len(stream.output_ids) - before)
+                if stream is None:  # a copy nobody waits for (e.g. after a resume): stop it
+                    if delta.finish_reason == FinishReason.NONE:
+                        self.abort_on(msg.instance_id, delta.request_id, "no longer wanted")
+                    continue
+                before = len(stream.output_ids)
+                stream.on_delta(delta, msg.instance_id)
+                self.metrics.tokens.inc(len(stream.output_ids) - before)
 
     # --- admin -----------------------------------------------------------------------------
     async def migrate(self, source: str, destination: str, request_ids: tuple[str, ...],

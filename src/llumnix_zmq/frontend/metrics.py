@@ -29,6 +29,9 @@ class FrontendMetrics:
                                   "1 when the scheduler answers", registry=r)
         self.instance_failures = Counter("llumnix_frontend_instance_failures",
                                          "requests failed because their instance died", registry=r)
+        self.resumes = Counter("llumnix_frontend_resumes",
+                               "requests resumed on another instance after theirs died",
+                               registry=r)
         self.client_aborts = Counter("llumnix_frontend_client_aborts",
                                      "requests aborted by client disconnect", registry=r)
         self.instances = Gauge("llumnix_frontend_instances", "live instances known", registry=r)

@@ -44,6 +44,8 @@ class RequestStream:
     last_token_at: float | None = None
     token_gaps: list[float] = field(default_factory=list)
     resumes: int = 0
+    excluded: tuple = ()  # instances that died under this request
+    request: object = None  # the GenerateRequest as last submitted (for resume)
 
     def __post_init__(self):
         self.queue: asyncio.Queue = asyncio.Queue()
