@@ -178,9 +178,10 @@ class Cluster:
             self.scheduler_ok = True
             return reply.instance_id, reply.address
         except RpcError as exc:
-            if exc.code == ErrorCode.NO_INSTANCE:
-                raise NoInstance(exc.message) from None
-            self.scheduler_ok = False
+            if exc.code != ErrorCode.NO_INSTANCE:
+                self.scheduler_ok = False
+            # NO_INSTANCE while our table knows live ones: a restarted scheduler still waiting
+            # for re-registrations; anything else: the scheduler is unreachable
             self.metrics.fallback_dispatch.inc()
             log.warning("dispatch of %s from the last-known table (scheduler: %s)", request_id,
                         exc.message)
