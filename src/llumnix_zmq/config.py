@@ -96,6 +96,9 @@ class FrontendConfig:
     request_timeout_s: float = 600.0
     expect_instances: int = 1  # /health is 200 once this many instances are live
     max_resumes: int = 3  # re-submissions of a request whose instance died
+    max_concurrent_requests: int = 4096  # in flight in this frontend; beyond: 429
+    max_requests_per_client: int = 512  # in flight per client address; beyond: 429
+    max_queue_per_instance: int = 512  # every instance queueing this many: saturated, 429
     restart_grace_s: float = 3.0  # keep the known table this long after a scheduler restart
     admin_key: str = ""
     api_keys: list = field(default_factory=list)

@@ -33,6 +33,8 @@ class FrontendServer:
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.model_name = cfg.served_model_name or cfg.model
+        self.per_client: dict[str, int] = {}
+        self.in_flight = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.cfg.max_body_bytes,
@@ -55,7 +57,9 @@ class FrontendServer:
         try:
             resp = await handler(request)
         except ApiError as exc:
-            resp = web.json_response(exc.body(), status=exc.status)
+            resp = web.json_response(exc.body(), status=exc.status,
+                                     headers={"Retry-After": "1"} if exc.status in (429, 503)
+                                     else None)
         except web.HTTPRequestEntityTooLarge:
             resp = web.json_response(ApiError(413, "request body too large").body(), status=413)
         except web.HTTPException as exc:
@@ -112,8 +116,38 @@ class FrontendServer:
             return self.tokenizer.encode(text, add_bos=False)
         return self.tokenizer.encode(req.prompt_text)
 
+    def admit(self, client: str) -> None:
+        """Admission control: bounded queues instead of unbounded ones (429 + Retry-After)."""
+        cfg = self.cfg
+        if self.in_flight >= cfg.max_concurrent_requests:
+            raise ApiError(429, f"this frontend is at its limit of {cfg.max_concurrent_requests} "
+                           "requests in flight; retry later", type_="rate_limit_error",
+                           code="overloaded")
+        if self.per_client.get(client, 0) >= cfg.max_requests_per_client:
+            raise ApiError(429, f"at most {cfg.max_requests_per_client} requests in flight per "
+                           "client", type_="rate_limit_error", code="too_many_requests")
+        live = self.cluster.live_instances()
+        if live and all(i.load.num_waiting >= cfg.max_queue_per_instance for i in live):
+            raise ApiError(429, "the cluster is saturated (every instance has a full queue); "
+                           "retry later", type_="rate_limit_error", code="saturated")
+
     async def generate(self, request: web.Request, chat: bool):
         self.check_api_key(request)
+        client = request.remote or "?"
+        self.admit(client)
+        self.in_flight += 1
+        self.per_client[client] = self.per_client.get(client, 0) + 1
+        try:
+            return await self._generate(request, chat)
+        finally:
+            self.in_flight -= 1
+            left = self.per_client[client] - 1
+            if left:
+                self.per_client[client] = left
+            else:
+                del self.per_client[client]
+
+    async def _generate(self, request: web.Request, chat: bool):
         req = parse_request(await self.read_json(request), chat, self.model_name,
                             self.cfg.max_tokens_limit)
         prompt = self.tokenize(req)

@@ -1,0 +1,1 @@
+"""Mesh authentication (ZeroMQ CURVE) and its key tooling."""
