@@ -2,14 +2,15 @@
 
 Measures, on this machine, in one run:
 - decode tokens/s at batch 1, 8 and 32 (prompt ``--prompt-len`` tokens, ``--new`` new tokens):
-  ours = tokens of the decode-only engine steps / their wall time; baseline = tokens after the
-  first / time between the first and last step of ``generate`` (a logits processor stamps each
-  step), so neither side counts its prefill; best of ``--repeat`` interleaved runs;
+  batch / median wall time of a full-batch decode step. Ours: ``engine.step()`` calls (schedule,
+  forward, sampling); baseline: the interval between consecutive ``generate`` steps (a logits
+  processor stamps each one). Neither counts its prefill. The median resists the bursts of a
+  shared machine; best of ``--repeat`` interleaved runs;
 - prefill tokens/s (one ``--prefill-len`` prompt, one step) for both;
 - KV bytes per token of the paged cache.
 Prints a table and writes bench/results/engine.json. Needs ``pip install transformers``.
 
-    python bench/engine.py [--threads 2] [--dtype float32]
+    python bench/engine.py [--threads 1] [--dtype float32] [--repeat 2]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import time
 
 import torch
@@ -45,17 +47,16 @@ def ours_decode(engine, batch: list[list[int]], new: int) -> tuple[float, list[l
     for i, p in enumerate(batch):
         engine.add_request(EngineRequest(f"b{len(batch)}-{i}", p, sp))
     out = {f"b{len(batch)}-{i}": [] for i in range(len(batch))}
-    dec_tokens, dec_time = 0, 0.0
+    step_times = []
     while engine.has_work():
         t0 = time.perf_counter()
         res = engine.step()
-        dt = time.perf_counter() - t0
-        if res.num_prefill_tokens == 0:
-            dec_tokens += res.num_decode_tokens
-            dec_time += dt
+        if res.num_prefill_tokens == 0 and res.num_decode_tokens == len(batch):
+            step_times.append(time.perf_counter() - t0)
         for d in res.deltas:
             out[d.request_id].extend(d.token_ids)
-    return dec_tokens / dec_time, [out[k] for k in sorted(out, key=lambda s: int(s.split("-")[1]))]
+    rate = len(batch) / statistics.median(step_times)
+    return rate, [out[k] for k in sorted(out, key=lambda s: int(s.split("-")[1]))]
 
 
 def ours_prefill(engine, prompt: list[int]) -> float:
@@ -113,7 +114,8 @@ def hf_generate(model, batch: list[list[int]], new: int) -> tuple[float, float, 
                              min_new_tokens=new, do_sample=False, pad_token_id=0,
                              eos_token_id=None, logits_processor=LogitsProcessorList([clock]))
     t = clock.times
-    decode = len(batch) * (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 else 0.0
+    steps = [b - a for a, b in zip(t, t[1:])]
+    decode = len(batch) / statistics.median(steps) if steps else 0.0
     return t[0] - t0, decode, out[:, ids.shape[1] :].tolist()
 
 
@@ -127,7 +129,7 @@ def hf_decode(model, batch, new) -> tuple[float, list[list[int]]]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)  # robust on a shared 2-core box
     ap.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     ap.add_argument("--prompt-len", type=int, default=64)
     ap.add_argument("--new", type=int, default=32)

@@ -137,3 +137,28 @@ def test_sampling_is_seeded_and_reproducible():
     c = run(tiny_engine(), [EngineRequest("x", [256, 72, 105], sp7),
                             EngineRequest("y", [256, 72, 105], sp7)])
     assert c["x"] == c["y"]
+
+
+def test_preempted_mid_decode_recomputes_prompt_and_outputs():
+    rng = random.Random(5)
+    a = EngineRequest("a", byte_prompt(rng, 10), greedy(20))
+    b = EngineRequest("b", byte_prompt(rng, 10), greedy(20))
+    alone = {**run(tiny_engine(), [a]), **run(tiny_engine(), [b])}
+    eng = tiny_engine(num_blocks=10)  # 40 slots: both fit at first, not at full length
+    for r in (a, b):
+        eng.add_request(r)
+    out: dict[str, list[int]] = {"a": [], "b": []}
+    preempted_with = None
+    while eng.has_work():
+        res = eng.step()
+        for d in res.deltas:
+            assert d.start_index == len(out[d.request_id])
+            out[d.request_id].extend(d.token_ids)
+        if res.num_preempted and preempted_with is None:
+            seq = eng.sched.seqs["b"]  # the later arrival is the victim
+            assert eng.request_block_ids("b") == [] and seq.num_computed == 0
+            preempted_with = len(seq.output)
+        eng.allocator_check()
+    assert preempted_with and preempted_with > 0  # it had decoded before losing its blocks
+    assert out == alone
+    assert_clean(eng)

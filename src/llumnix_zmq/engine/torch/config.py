@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 from .gguf_meta import arch, meta
@@ -116,8 +116,8 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     seed: int = 0
     num_threads: Optional[int] = None  # torch.set_num_threads on CPU; None leaves it alone
+    prepack_weights: bool = True  # CPU: oneDNN-packed weights (model.Linear)
     record_logits: bool = False  # tests: keep every sampled row's logits per request
-    extra: dict = field(default_factory=dict)
 
     def validate(self) -> None:
         if self.block_size <= 0 or self.max_batch_size <= 0 or self.max_num_batched_tokens <= 0:

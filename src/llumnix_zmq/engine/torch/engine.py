@@ -50,7 +50,7 @@ class TorchEngine(Engine):
         self.model_name = resolve_model(cfg.model).name
         self.model_config, sd = load_weights(cfg.model, cfg.dtype, cfg.seed)
         mc = self.model_config
-        self.model = LlamaModel(mc, sd, self.device)
+        self.model = LlamaModel(mc, sd, self.device, cfg.prepack_weights)
         del sd
         self.eos_token_ids = tuple(load_model_tokenizer(cfg.model).eos_token_ids)
         self.block_size = cfg.block_size
@@ -61,8 +61,9 @@ class TorchEngine(Engine):
         self.kv = KVCache(mc.num_layers, self.num_blocks, cfg.block_size, mc.num_kv_heads,
                           mc.head_dim, self.dtype, self.device)
         self.allocator = BlockAllocator(self.num_blocks)
+        # a request alone must always fit the pool, else preempting itself would never end
         self.max_model_len = min(cfg.max_model_len or mc.max_position_embeddings,
-                                 mc.max_position_embeddings)
+                                 mc.max_position_embeddings, self.num_blocks * cfg.block_size)
         self.max_batch_size = cfg.max_batch_size
         self.sched = Scheduler(self.allocator, cfg.block_size, cfg.max_batch_size,
                                cfg.max_num_batched_tokens, cfg.enable_chunked_prefill)

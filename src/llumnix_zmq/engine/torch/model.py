@@ -46,6 +46,35 @@ def _llama3_inv_freq(inv: torch.Tensor, sc: dict) -> torch.Tensor:
     return torch.where(medium, smoothed, out)
 
 
+class Linear:
+    """``y = x @ W.T``. On CPU the weight is pre-packed once for oneDNN (what IPEX and
+    inductor do): small-batch decode matmuls then stream weights ~2x faster than ``F.linear``,
+    which re-lays the weight out on every call. Elsewhere, or without the op, plain F.linear."""
+
+    PACK_HINT = 128  # batch-size hint for oneDNN's blocked layout (good from 1 to 500 rows)
+
+    def __init__(self, w: torch.Tensor, prepack: bool):
+        self.out_features = w.shape[0]
+        self.packed = None
+        if prepack and w.device.type == "cpu" and _has_mkldnn_linear():
+            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), self.PACK_HINT)
+            self.weight = None
+        else:
+            self.weight = w.contiguous()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None:
+            return F.linear(x, self.weight)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+
+
+def _has_mkldnn_linear() -> bool:
+    try:
+        return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
@@ -60,14 +89,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 
 class LlamaModel:
-    def __init__(self, cfg: ModelConfig, sd: StateDict, device: torch.device):
+    def __init__(self, cfg: ModelConfig, sd: StateDict, device: torch.device, prepack: bool = True):
         self.cfg = cfg
         self.device = device
+        self.prepack = prepack
         self.dtype = sd["model.embed_tokens.weight"].dtype
         self.scale = cfg.head_dim**-0.5
         self.embed = sd["model.embed_tokens.weight"].to(device)
-        lm = sd["lm_head.weight"]
-        self.lm_head = self.embed if lm is sd["model.embed_tokens.weight"] else lm.to(device)
+        self.lm_head = Linear(sd["lm_head.weight"].to(device), prepack)
         self.norm = sd["model.norm.weight"].to(device)
         self.layers = [self._fuse(sd, f"model.layers.{n}.") for n in range(cfg.num_layers)]
         inv = rope_inv_freq(cfg)
@@ -77,17 +106,18 @@ class LlamaModel:
         self.cos = emb.cos().to(self.dtype).to(device)
         self.sin = emb.sin().to(self.dtype).to(device)
 
-    def _fuse(self, sd: StateDict, p: str) -> dict[str, torch.Tensor]:
+    def _fuse(self, sd: StateDict, p: str) -> dict:
         a, m = p + "self_attn.", p + "mlp."
+        dev, pk = self.device, self.prepack
+        qkv = torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"]])
+        gate_up = torch.cat([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]])
         return {
-            "in_norm": sd[p + "input_layernorm.weight"].to(self.device),
-            "post_norm": sd[p + "post_attention_layernorm.weight"].to(self.device),
-            "qkv": torch.cat([sd[a + "q_proj.weight"], sd[a + "k_proj.weight"],
-                              sd[a + "v_proj.weight"]]).to(self.device).contiguous(),
-            "o": sd[a + "o_proj.weight"].to(self.device).contiguous(),
-            "gate_up": torch.cat([sd[m + "gate_proj.weight"], sd[m + "up_proj.weight"]])
-            .to(self.device).contiguous(),
-            "down": sd[m + "down_proj.weight"].to(self.device).contiguous(),
+            "in_norm": sd[p + "input_layernorm.weight"].to(dev),
+            "post_norm": sd[p + "post_attention_layernorm.weight"].to(dev),
+            "qkv": Linear(qkv.to(dev), pk),
+            "o": Linear(sd[a + "o_proj.weight"].to(dev), pk),
+            "gate_up": Linear(gate_up.to(dev), pk),
+            "down": Linear(sd[m + "down_proj.weight"].to(dev), pk),
         }
 
     @torch.inference_mode()
@@ -100,17 +130,17 @@ class LlamaModel:
         cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
         for li, w in enumerate(self.layers):
             h = rms_norm(x, w["in_norm"], c.rms_norm_eps)
-            qkv = F.linear(h, w["qkv"])
+            qkv = w["qkv"](h)
             q = qkv[:, : c.q_size].view(n, c.num_heads, c.head_dim)
             k = qkv[:, c.q_size : c.q_size + c.kv_size].view(n, c.num_kv_heads, c.head_dim)
             v = qkv[:, c.q_size + c.kv_size :].view(n, c.num_kv_heads, c.head_dim)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
             kv.write(li, k, v, meta.slots)
             o = paged_attention(q, k, v, kv.layer(li), meta, self.scale)
-            x = x + F.linear(o, w["o"])
+            x = x + w["o"](o)
             h = rms_norm(x, w["post_norm"], c.rms_norm_eps)
-            gu = F.linear(h, w["gate_up"])
+            gu = w["gate_up"](h)
             g, u = gu.chunk(2, dim=-1)
-            x = x + F.linear(F.silu(g) * u, w["down"])
+            x = x + w["down"](F.silu(g) * u)
         h = rms_norm(x[logit_rows], self.norm, c.rms_norm_eps)
-        return F.linear(h, self.lm_head).float()
+        return self.lm_head(h).float()
