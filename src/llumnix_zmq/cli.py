@@ -70,6 +70,9 @@ def _up(argv: list[str]) -> int:
     a = p.parse_args(argv)
     setup_logging(a.log_level, "up")
     model = a.model or ("smollm2" if a.engine == "torch" else "sim")
+    if a.engine == "torch" and not any("num-threads" in w for w in a.worker_arg):
+        # one engine per core share: torch's default would oversubscribe the CPU
+        a.worker_arg.append(f"--num-threads={max(1, (os.cpu_count() or 1) // a.instances)}")
     if a.autoscale:
         lo, hi = (int(x) for x in a.autoscale.split(","))
         a.instances = lo

@@ -60,10 +60,11 @@ class WorkerConfig:
     time_scale: float = 1.0  # sim: sleep modelled step time x this (0: no sleep)
     block_size: int = 16
     num_blocks: int = 0  # 0: engine default
-    max_batch_size: int = 256
-    max_num_batched_tokens: int = 4096
-    max_model_len: int = 8192
+    max_batch_size: int = 0  # 0: the engine's default (here and below)
+    max_num_batched_tokens: int = 0
+    max_model_len: int = 0
     chunked_prefill: bool = True
+    num_threads: int = 0  # torch on CPU: intra-op threads
     dtype: str = "float32"
     device: str = "cpu"
     report_period_s: float = 0.05
@@ -72,6 +73,7 @@ class WorkerConfig:
     last_stage_max_blocks: int = 16
     max_stages: int = 3
     migration_timeout_s: float = 10.0
+    migration_data_plane: str = "zmq"  # zmq | nccl (GPU to GPU, both engines on CUDA)
     log_level: str = "INFO"
     curve_dir: str = ""
     seed: int = 0

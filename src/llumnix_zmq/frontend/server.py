@@ -151,7 +151,7 @@ class FrontendServer:
         req = parse_request(await self.read_json(request), chat, self.model_name,
                             self.cfg.max_tokens_limit)
         prompt = self.tokenize(req)
-        limit = self.cfg.max_model_len
+        limit = self.context_limit()
         if not prompt:
             raise ApiError(400, "the prompt is empty", "prompt")
         if len(prompt) >= limit:
@@ -187,6 +187,11 @@ class FrontendServer:
                 self.cluster.abort(rid, reason)
             else:
                 self.cluster.forget(rid)
+
+    def context_limit(self) -> int:
+        """The smallest context any live instance registered (and the configured cap)."""
+        lens = [i.max_model_len for i in self.cluster.live_instances() if i.max_model_len > 0]
+        return min([self.cfg.max_model_len, *lens])
 
     @staticmethod
     async def wait(stream: RequestStream) -> None:
