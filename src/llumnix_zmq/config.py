@@ -76,6 +76,7 @@ class WorkerConfig:
     migration_data_plane: str = "zmq"  # zmq | nccl (GPU to GPU, both engines on CUDA)
     log_level: str = "INFO"
     curve_dir: str = ""
+    curve_name: str = ""  # key name in curve_dir; default: the instance id, else "worker"
     seed: int = 0
 
 
@@ -106,6 +107,7 @@ class FrontendConfig:
     api_keys: list = field(default_factory=list)
     log_level: str = "INFO"
     curve_dir: str = ""
+    curve_name: str = ""  # key name in curve_dir; default "frontend"
 
 
 SECTIONS = {"scheduler": SchedulerConfig, "worker": WorkerConfig, "frontend": FrontendConfig}

@@ -38,6 +38,7 @@ from ..protocol.messages import (
     TokenBatch,
 )
 from ..scheduler.decisions import local_dispatch
+from ..security.curve import watch
 from ..transport.rpc import RpcClient, RpcError, send_nowait
 from ..transport.sockets import bound_address, make_socket
 from .streams import RequestStream, StreamEnd
@@ -50,12 +51,16 @@ class NoInstance(Exception):
 
 
 class Cluster:
-    def __init__(self, cfg, ctx: zmq.asyncio.Context, metrics):
+    def __init__(self, cfg, ctx: zmq.asyncio.Context, metrics, security=None):
         self.cfg = cfg
         self.ctx = ctx
         self.metrics = metrics
-        self.to_scheduler = RpcClient(make_socket(ctx, zmq.DEALER, cfg.scheduler, bind=False))
-        self.recv_tokens = make_socket(ctx, zmq.PULL, cfg.bind_tokens, bind=True)
+        self.security = security
+        self.client_keys = security.client() if security else None
+        self.to_scheduler = RpcClient(make_socket(ctx, zmq.DEALER, cfg.scheduler, bind=False,
+                                                  curve=self.client_keys))
+        self.recv_tokens = make_socket(ctx, zmq.PULL, cfg.bind_tokens, bind=True,
+                                       curve=security.server() if security else None)
         self.tokens_address = cfg.advertise_tokens or bound_address(self.recv_tokens)
         self.to_workers: dict[str, zmq.asyncio.Socket] = {}
         self.instances: dict[str, InstanceInfo] = {}
@@ -73,6 +78,9 @@ class Cluster:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self.token_loop(), name="tokens"),
                        loop.create_task(self.refresh_loop(), name="refresh")]
+        if self.security is not None:
+            self._tasks.append(loop.create_task(watch(self.recv_tokens, "frontend tokens"),
+                                                name="auth-watch"))
 
     @property
     def tasks(self) -> list[asyncio.Task]:
@@ -195,7 +203,7 @@ class Cluster:
     def worker_socket(self, address: str):
         sock = self.to_workers.get(address)
         if sock is None:
-            sock = make_socket(self.ctx, zmq.DEALER, address, bind=False)
+            sock = make_socket(self.ctx, zmq.DEALER, address, bind=False, curve=self.client_keys)
             self.to_workers[address] = sock
             asyncio.get_running_loop().create_task(self._drain_worker(address, sock))
         return sock

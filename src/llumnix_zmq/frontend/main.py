@@ -10,6 +10,7 @@ from aiohttp import web
 
 from ..common.aio import supervise
 from ..config import FrontendConfig
+from ..security.curve import security_from
 from ..tokenizer import load_tokenizer
 from .cluster import Cluster
 from .metrics import FrontendMetrics
@@ -21,8 +22,11 @@ log = logging.getLogger(__name__)
 async def serve(cfg: FrontendConfig, stop: asyncio.Event) -> None:
     tokenizer = load_tokenizer(cfg.engine, cfg.model)
     ctx = zmq.asyncio.Context()
+    security = security_from(cfg, cfg.curve_name or "frontend")
+    if security is not None:
+        security.start(ctx)
     metrics = FrontendMetrics()
-    cluster = Cluster(cfg, ctx, metrics)
+    cluster = Cluster(cfg, ctx, metrics, security)
     server = FrontendServer(cfg, cluster, tokenizer, metrics)
     runner = web.AppRunner(server.app(), handler_cancellation=True, access_log=None)
     await runner.setup()
@@ -38,5 +42,7 @@ async def serve(cfg: FrontendConfig, stop: asyncio.Event) -> None:
     finally:
         await runner.cleanup()
         await cluster.close()
+        if security is not None:
+            security.stop()
         ctx.term()
         log.info("frontend stopped")

@@ -8,6 +8,7 @@ import zmq.asyncio
 
 from ..config import SchedulerConfig
 from ..launch.launchers import make_launcher
+from ..security.curve import security_from
 from .service import SchedulerService
 
 
@@ -16,9 +17,14 @@ async def serve(cfg: SchedulerConfig, stop: asyncio.Event, launcher=None) -> Non
         launcher = make_launcher(cfg.launcher, cfg.launch_template, cfg.compose_file,
                                  cfg.compose_service)
     ctx = zmq.asyncio.Context()
+    security = security_from(cfg, "scheduler")
+    if security is not None:
+        security.start(ctx)
     try:
-        await SchedulerService(cfg, ctx, launcher=launcher).run(stop)
+        await SchedulerService(cfg, ctx, launcher=launcher, security=security).run(stop)
     finally:
+        if security is not None:
+            security.stop()
         if hasattr(launcher, "close"):
             launcher.close()
         ctx.term()

@@ -36,6 +36,7 @@ from ..protocol.messages import (
     RegisterWorker,
     ScaleOrder,
 )
+from ..security.curve import watch
 from ..transport.dispatcher import Router
 from ..transport.sockets import make_socket
 from .decisions import Decider
@@ -53,7 +54,7 @@ class _PendingCommand:
 
 class SchedulerService:
     def __init__(self, cfg: SchedulerConfig, ctx: zmq.asyncio.Context, clock: Clock | None = None,
-                 launcher=None):
+                 launcher=None, security=None):
         self.cfg = cfg
         self.ctx = ctx
         self.clock = clock or SystemClock()
@@ -61,7 +62,9 @@ class SchedulerService:
         self.registry = Registry(cfg.heartbeat_timeout_s)
         self.metrics = SchedulerMetrics()
         self.decider = Decider(cfg, random.Random(cfg.seed), self.metrics, launcher)
-        self.sock = make_socket(ctx, zmq.ROUTER, cfg.bind, bind=True)
+        self.security = security
+        self.sock = make_socket(ctx, zmq.ROUTER, cfg.bind, bind=True,
+                                curve=security.server() if security else None)
         self.router = Router(self.sock, {
             RegisterWorker: self.on_register,
             LoadReport: self.on_report,
@@ -180,6 +183,8 @@ class SchedulerService:
             self.metrics.serve(self.cfg.metrics_host, self.cfg.metrics_port)
         tasks = [asyncio.create_task(self.router.serve(), name="router"),
                  asyncio.create_task(self.reap_loop(), name="reap")]
+        if self.security is not None:
+            tasks.append(asyncio.create_task(watch(self.sock, "scheduler"), name="auth-watch"))
         if self.cfg.enable_migration or self.cfg.autoscale_max:
             tasks.append(asyncio.create_task(self.pairing_loop(), name="pairing"))
         for t in tasks:

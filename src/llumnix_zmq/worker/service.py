@@ -37,6 +37,9 @@ from ..protocol.messages import (
     FrontendGone,
     GenerateRequest,
     LoadReport,
+    MigAbort,
+    MigCommit,
+    MigPreAlloc,
     MigrateCommand,
     MigrateCommandReply,
     RegisterAck,
@@ -47,6 +50,7 @@ from ..protocol.messages import (
 from ..transport.dispatcher import Router
 from ..transport.rpc import RpcClient, RpcError
 from ..transport.sockets import bound_address, make_socket
+from .migration import MigrationCoordinator
 from .outputs import OutputSender
 
 log = logging.getLogger(__name__)
@@ -78,7 +82,7 @@ class WorkerService:
         self.seq = 0
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="engine") \
             if engine.kind != "sim" else None
-        self.migration = None  # set by worker/migration when the engine supports it
+        self.migration: MigrationCoordinator | None = MigrationCoordinator.for_service(self)
         self._stop: asyncio.Event | None = None
 
     def handlers(self):
@@ -86,7 +90,16 @@ class WorkerService:
             GenerateRequest: self.on_generate,
             AbortRequest: self.on_abort,
             FrontendGone: self.on_frontend_gone,
+            MigPreAlloc: self.on_migration_message,
+            MigCommit: self.on_migration_message,
+            MigAbort: self.on_migration_message,
         }
+
+    async def on_migration_message(self, identity: bytes, msg, raw):
+        if self.migration is None:
+            return ErrorReply(ErrorCode.UNKNOWN_TYPE, f"engine {self.engine.kind} cannot migrate",
+                              ref_tag=msg.TAG)
+        return await self.migration.on_peer_message(identity, msg, raw)
 
     # --- frontend-facing handlers -------------------------------------------------------
     async def on_generate(self, identity: bytes, msg: GenerateRequest, raw):
@@ -107,6 +120,8 @@ class WorkerService:
                 self.fail(msg.request_id, msg.frontend_address, ErrorCode.BAD_REQUEST, str(exc))
                 return None
             self.frontend_of[msg.request_id] = msg.frontend_address
+            if self.migration is not None:
+                self.migration.on_request_added(msg)
         self.work.set()
         self.report_now.set()
         return None
@@ -260,15 +275,20 @@ class WorkerService:
                     result = self.engine.step()
                 else:
                     result = await loop.run_in_executor(self.executor, self.engine.step)
+                if self.migration is not None:
+                    self.migration.after_step(result)
+                # where each delta goes, fixed now: a migration may move its request before
+                # the emit below (the source's last token still goes to the frontend)
+                routes = {d.request_id: self.frontend_of.get(d.request_id) for d in result.deltas}
             if self.executor is None and self.cfg.time_scale > 0:
                 delay = result.duration_s * self.cfg.time_scale - (time.monotonic() - t0)
                 await asyncio.sleep(max(0.0, delay))
             else:
                 await asyncio.sleep(0)
-            self.emit(result.deltas)
+            self.emit(result.deltas, routes)
 
-    def emit(self, deltas: list[TokenDelta]) -> None:
-        self.outputs.send(deltas, self.frontend_of.get)
+    def emit(self, deltas: list[TokenDelta], routes: dict | None = None) -> None:
+        self.outputs.send(deltas, (self.frontend_of if routes is None else routes).get)
         finished = [d.request_id for d in deltas if d.finish_reason != FinishReason.NONE]
         for rid in finished:
             self.frontend_of.pop(rid, None)
@@ -284,6 +304,8 @@ class WorkerService:
                  asyncio.create_task(self.engine_loop(stop), name="engine")]
         for t in tasks:
             supervise(t, stop, log)
+        if self.migration is not None:
+            self.migration.start()
         log.info("worker %s (%s/%s) at %s", self.instance_id, self.engine.kind,
                  self.engine.model_name, self.address)
         try:
@@ -298,6 +320,8 @@ class WorkerService:
         except Exception:  # the scheduler may be gone: nothing to tell
             pass
         await cancel_all(tasks)
+        if self.migration is not None:
+            await self.migration.close()
         await self.scheduler.close()
         self.outputs.close()
         self.recv_from_peers.close(linger=0)
