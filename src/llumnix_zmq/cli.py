@@ -60,6 +60,9 @@ def _up(argv: list[str]) -> int:
     p.add_argument("--admin-key", default=os.environ.get("LLUMNIX_ADMIN_KEY", ""))
     p.add_argument("--api-key", action="append", default=[])
     p.add_argument("--transport", default="ipc", choices=["ipc", "tcp"])
+    p.add_argument("--curve-dir", default="",
+                   help="authenticate every inter-service socket with CURVE keys from this "
+                        "directory (made if missing)")
     p.add_argument("--log-level", default="INFO")
     p.add_argument("--log-dir", default="")
     p.add_argument("--ready-timeout", type=float, default=300.0)
@@ -84,7 +87,7 @@ def _up(argv: list[str]) -> int:
                        admin_key=a.admin_key, api_keys=a.api_key, log_level=a.log_level,
                        transport=a.transport, worker_args=a.worker_arg,
                        scheduler_args=a.scheduler_arg, frontend_args=a.frontend_arg,
-                       log_dir=a.log_dir)
+                       log_dir=a.log_dir, curve_dir=a.curve_dir)
     stopping = []
     signal.signal(signal.SIGINT, lambda *_: stopping.append(1))
     signal.signal(signal.SIGTERM, lambda *_: stopping.append(1))

@@ -63,6 +63,7 @@ class ClusterSpec:
     scheduler_args: list[str] = field(default_factory=list)
     frontend_args: list[str] = field(default_factory=list)
     log_dir: str = ""  # empty: children inherit stdout/stderr
+    curve_dir: str = ""  # CURVE keys for every inter-service socket (made if missing)
 
 
 class LocalCluster:
@@ -85,8 +86,9 @@ class LocalCluster:
 
     # --- children --------------------------------------------------------------------------
     def _cmd(self, role: str, *args: str) -> list[str]:
+        curve = ["--curve-dir", self.spec.curve_dir] if self.spec.curve_dir else []
         return [sys.executable, "-m", "llumnix_zmq.cli", role, "--log-level",
-                self.spec.log_level, *args]
+                self.spec.log_level, *curve, *args]
 
     def _start(self, child: Child) -> Child:
         out = None
@@ -112,9 +114,11 @@ class LocalCluster:
 
     def worker_args(self, name: str) -> list[str]:
         s = self.spec
+        curve = ["--curve-dir", s.curve_dir] if s.curve_dir else []
         return ["--scheduler", self.scheduler_address, "--bind", self.address(name),
                 "--engine", s.engine, "--model", s.model, "--profile", s.profile,
-                "--time-scale", str(s.time_scale), "--log-level", s.log_level, *s.worker_args]
+                "--time-scale", str(s.time_scale), "--log-level", s.log_level, *curve,
+                *s.worker_args]
 
     def worker_template(self) -> str:
         """Worker flags for the scheduler's local launcher ({id}: the new instance's id)."""
@@ -141,6 +145,10 @@ class LocalCluster:
         return self._start(Child("frontend", self._cmd("frontend", *args)))
 
     def start(self) -> None:
+        if self.spec.curve_dir:
+            from ..security.keys import make_keys
+
+            make_keys(self.spec.curve_dir, ["scheduler", "frontend", "worker"])
         self.start_scheduler()
         for _ in range(self.spec.instances):
             self.start_worker()

@@ -7,8 +7,9 @@ the virtual clock: ``pop`` moves ``clock.t`` to the event's time (time never run
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from heapq import heappop, heappush
-from typing import Any, Callable
+from typing import Any
 
 from ..clock import FakeClock
 

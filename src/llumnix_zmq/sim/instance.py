@@ -31,7 +31,7 @@ class Phase(Enum):
 class SimInstance:
     __slots__ = ("instance_id", "engine", "phase", "busy", "step_started", "migrating_out",
                  "migrating_in", "migrating_ids", "info", "launched_at", "stopped_at",
-                 "num_steps", "busy_s", "report_phase")
+                 "num_steps", "busy_s", "report_phase", "version", "reported_version")
 
     def __init__(self, instance_id: str, engine: SimEngine, launched_at: float):
         self.instance_id = instance_id
@@ -48,6 +48,8 @@ class SimInstance:
         self.num_steps = 0
         self.busy_s = 0.0
         self.report_phase = 0.0
+        self.version = 0  # bumped on every engine mutation (step, add, migration hook)
+        self.reported_version = -1  # version of the state in ``info``
 
     @property
     def alive(self) -> bool:
@@ -62,15 +64,24 @@ class SimInstance:
         return not self.engine.has_work() and not self.migrating_out and not self.migrating_in \
             and not self.busy
 
+    def report_if_changed(self) -> InstanceInfo:
+        """The periodic report: rebuilt only if the engine changed since the last one (an
+        unchanged report is identical, its age being always 0 here)."""
+        if self.version != self.reported_version or self.info is None:
+            return self.report()
+        return self.info
+
     def report(self) -> InstanceInfo:
         """Build the load report (from ``engine.load()``) and store it as the scheduler's view.
 
         Report age is always 0 here: every live instance reports every period, far inside the
         staleness limit, so ages cannot change a decision (stopped instances leave the view)."""
+        self.reported_version = self.version
         load = self.engine.load()
         draining = self.phase is Phase.DRAINING
         if draining or self.migrating_out or self.migrating_in:
-            load = dataclasses.replace(load, draining=draining, num_migrating_out=self.migrating_out,
+            load = dataclasses.replace(load, draining=draining,
+                                       num_migrating_out=self.migrating_out,
                                        num_migrating_in=self.migrating_in)
         state = InstanceState.DRAINING if draining else InstanceState.ACTIVE
         self.info = InstanceInfo(self.instance_id, "sim://" + self.instance_id, state, load, 0.0)

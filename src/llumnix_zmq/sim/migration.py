@@ -69,7 +69,7 @@ class StagedMigration:
     __slots__ = ("sim", "id", "src", "dst", "request_id", "reason", "cost", "stage", "copied",
                  "dst_ids", "started_at", "downtime_s", "outcome", "blocks_copied")
 
-    def __init__(self, sim: "Simulation", mig_id: int, src: "SimInstance", dst: "SimInstance",
+    def __init__(self, sim: Simulation, mig_id: int, src: SimInstance, dst: SimInstance,
                  request_id: str, reason: str, cost: MigrationCost):
         self.sim, self.id, self.src, self.dst = sim, mig_id, src, dst
         self.request_id, self.reason, self.cost = request_id, reason, cost
@@ -82,6 +82,8 @@ class StagedMigration:
         self.blocks_copied = 0
 
     def start(self) -> None:
+        self.src.version += 1
+        self.dst.version += 1
         self.src.migrating_out += 1
         self.dst.migrating_in += 1
         self.src.migrating_ids.add(self.request_id)
@@ -100,7 +102,8 @@ class StagedMigration:
             return self._abort("preempted")
         if not self.dst.alive:
             return self._abort("destination-gone")
-        if total - self.copied <= self.cost.last_stage_max_blocks or self.stage >= self.cost.max_stages:
+        cost = self.cost
+        if total - self.copied <= cost.last_stage_max_blocks or self.stage >= cost.max_stages:
             return self._last_stage(total)
         n = full - self.copied
         if not self._copy(self.copied, full):
@@ -110,11 +113,13 @@ class StagedMigration:
 
     def _copy(self, start: int, end: int) -> bool:
         """Reserve destination blocks and copy blocks [start, end) into them."""
+        self.dst.version += 1
         ids = self.dst.engine.reserve_blocks(end - start)
         if ids is None:
             return False
         if ids:
-            self.dst.engine.import_blocks(ids, self.src.engine.export_blocks(self.request_id, start, end))
+            frames = self.src.engine.export_blocks(self.request_id, start, end)
+            self.dst.engine.import_blocks(ids, frames)
         self.dst_ids += ids
         self.copied = end
         self.blocks_copied += end - start
@@ -122,6 +127,7 @@ class StagedMigration:
 
     def _last_stage(self, total: int) -> None:
         src = self.src.engine
+        self.src.version += 1
         try:
             src.suspend(self.request_id)
         except EngineError:
@@ -147,6 +153,8 @@ class StagedMigration:
 
     def _finish(self, ok: bool, why: str) -> None:
         self.outcome = why
+        self.src.version += 1
+        self.dst.version += 1
         self.src.migrating_out -= 1
         self.dst.migrating_in -= 1
         self.src.migrating_ids.discard(self.request_id)

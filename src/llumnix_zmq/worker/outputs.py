@@ -7,10 +7,13 @@ line (the frontend's request then times out or is resumed; a worker loop never s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 
 import zmq
+import zmq.asyncio
+from zmq.utils.monitor import recv_monitor_message
 
 from ..protocol.codec import encode
 from ..protocol.messages import TokenBatch, TokenDelta
@@ -20,11 +23,17 @@ log = logging.getLogger(__name__)
 
 
 class OutputSender:
-    def __init__(self, ctx, instance_id: str, curve=None):
+    """``on_gone(address)`` is called when a frontend's connection drops and does not come back
+    within ``gone_after_s`` (its process died: its clients are gone too)."""
+
+    def __init__(self, ctx, instance_id: str, curve=None, on_gone=None, gone_after_s: float = 2.0):
         self.ctx = zmq.Context.shadow(ctx.underlying) if hasattr(ctx, "underlying") else ctx
         self.instance_id = instance_id
         self.curve = curve
+        self.on_gone = on_gone
+        self.gone_after_s = gone_after_s
         self.socks: dict[str, zmq.Socket] = {}
+        self.watchers: dict[str, asyncio.Task] = {}
         self.step = 0
         self.dropped = 0
 
@@ -33,7 +42,34 @@ class OutputSender:
         if sock is None:
             sock = make_socket(self.ctx, zmq.PUSH, address, bind=False, curve=self.curve)
             self.socks[address] = sock
+            if self.on_gone is not None:
+                self.watchers[address] = asyncio.get_running_loop().create_task(
+                    self._watch(address, sock), name=f"watch {address}")
         return sock
+
+    async def _watch(self, address: str, sock) -> None:
+        mon = zmq.asyncio.Socket.from_socket(
+            sock.get_monitor_socket(zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED))
+        timer: asyncio.TimerHandle | None = None
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                event = (await recv_monitor_message(mon))["event"]
+                if event == zmq.EVENT_DISCONNECTED and timer is None:
+                    timer = loop.call_later(self.gone_after_s, self._gone, address)
+                elif event == zmq.EVENT_CONNECTED and timer is not None:
+                    timer.cancel()
+                    timer = None
+        except (asyncio.CancelledError, zmq.ZMQError):
+            pass
+        finally:
+            if timer is not None:
+                timer.cancel()
+            mon.close(linger=0)
+
+    def _gone(self, address: str) -> None:
+        self.forget(address)
+        self.on_gone(address)
 
     def send(self, deltas: list[TokenDelta], frontend_of) -> int:
         """Group ``deltas`` by frontend (``frontend_of(request_id)``) and send one batch each."""
@@ -56,11 +92,17 @@ class OutputSender:
         return len(groups)
 
     def forget(self, address: str) -> None:
+        watcher = self.watchers.pop(address, None)
+        if watcher is not None:
+            watcher.cancel()
         sock = self.socks.pop(address, None)
         if sock is not None:
+            try:
+                sock.disable_monitor()
+            except zmq.ZMQError:
+                pass
             sock.close(linger=0)
 
     def close(self) -> None:
-        for sock in self.socks.values():
-            sock.close(linger=0)
-        self.socks.clear()
+        for address in list(self.socks):
+            self.forget(address)

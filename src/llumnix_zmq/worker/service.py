@@ -47,6 +47,7 @@ from ..protocol.messages import (
     ScaleOrder,
     TokenDelta,
 )
+from ..security.curve import watch
 from ..transport.dispatcher import Router
 from ..transport.rpc import RpcClient, RpcError
 from ..transport.sockets import bound_address, make_socket
@@ -58,18 +59,23 @@ log = logging.getLogger(__name__)
 
 class WorkerService:
     def __init__(self, cfg: WorkerConfig, ctx: zmq.asyncio.Context, engine: Engine,
-                 clock: Clock | None = None):
+                 clock: Clock | None = None, security=None):
         self.cfg = cfg
         self.ctx = ctx
         self.engine = engine
         self.clock = clock or SystemClock()
         self.instance_id = cfg.instance_id or f"worker-{os.getpid()}"
-        self.recv_from_peers = make_socket(ctx, zmq.ROUTER, cfg.bind, bind=True)
+        self.security = security
+        self.client_keys = security.client() if security else None
+        self.recv_from_peers = make_socket(ctx, zmq.ROUTER, cfg.bind, bind=True,
+                                           curve=security.server() if security else None)
         self.address = cfg.advertise or bound_address(self.recv_from_peers)
         self.to_scheduler = make_socket(ctx, zmq.DEALER, cfg.scheduler, bind=False,
-                                        identity=self.instance_id.encode())
+                                        identity=self.instance_id.encode(),
+                                        curve=self.client_keys)
         self.scheduler = RpcClient(self.to_scheduler, on_message=self.on_scheduler_message)
-        self.outputs = OutputSender(ctx, self.instance_id)
+        self.outputs = OutputSender(ctx, self.instance_id, self.client_keys,
+                                    on_gone=self.frontend_disconnected)
         self.router = Router(self.recv_from_peers, self.handlers(), self.instance_id)
         self.frontend_of: dict[str, str] = {}  # request id -> frontend PULL address
         self.engine_lock = asyncio.Lock()
@@ -148,6 +154,13 @@ class WorkerService:
         self.outputs.forget(msg.frontend_address)
         log.info("frontend %s gone: aborted %d requests", msg.frontend_address, len(ids))
         return None
+
+    def frontend_disconnected(self, address: str) -> None:
+        """A frontend's token socket went away and did not come back: its clients are gone,
+        so its requests are aborted and their blocks freed."""
+        log.warning("frontend %s disconnected: aborting its requests", address)
+        asyncio.get_running_loop().create_task(
+            self.on_frontend_gone(b"", FrontendGone(address), []))
 
     def fail(self, request_id: str, frontend: str, code: ErrorCode, message: str) -> None:
         delta = TokenDelta(request_id, 0, (), FinishReason.ERROR, 0, message, int(code))
@@ -302,6 +315,9 @@ class WorkerService:
                  asyncio.create_task(self.register_loop(stop), name="register"),
                  asyncio.create_task(self.report_loop(stop), name="report"),
                  asyncio.create_task(self.engine_loop(stop), name="engine")]
+        if self.security is not None:
+            tasks.append(asyncio.create_task(watch(self.recv_from_peers, self.instance_id),
+                                             name="auth-watch"))
         for t in tasks:
             supervise(t, stop, log)
         if self.migration is not None:

@@ -12,6 +12,8 @@ exported blocks, ``[L, 2, n, bs, kv_heads, head_dim]``, contiguous.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -61,14 +63,19 @@ class KVCache:
         return out.cpu().view(view_dtype).numpy()
 
     def import_(self, block_ids: list[int], frames: list) -> None:
-        data = torch.cat([self._frame_tensor(f) for f in frames], dim=2) if frames else None
-        n = 0 if data is None else data.shape[2]
+        """Scatter the frames' blocks into ``block_ids`` (in order): one copy per frame, straight
+        from the receive buffer into the pool (no staging copy, no concatenation)."""
+        tensors = [self._frame_tensor(f) for f in frames]
+        n = sum(t.shape[2] for t in tensors)
         if n != len(block_ids):
             raise EngineError(f"import: frames hold {n} blocks, {len(block_ids)} block ids given")
-        if n == 0:
-            return
-        idx = torch.tensor(block_ids, dtype=torch.long, device=self.pool.device)
-        self.pool.index_copy_(2, idx, data.to(self.pool.device))
+        start = 0
+        for t in tensors:
+            k = t.shape[2]
+            idx = torch.tensor(block_ids[start:start + k], dtype=torch.long,
+                               device=self.pool.device)
+            self.pool.index_copy_(2, idx, t.to(self.pool.device))
+            start += k
 
     def _frame_tensor(self, frame) -> torch.Tensor:
         """A frame (numpy array, torch tensor, bytes-like) as [L, 2, n, bs, h, d] of our dtype."""
@@ -91,7 +98,9 @@ class KVCache:
             if buf.nbytes == 0 or buf.nbytes % per_block:
                 raise EngineError(f"import: frame of {buf.nbytes} bytes is not whole blocks")
             arr = np.frombuffer(buf, dtype=np_dtype)
-            t = torch.from_numpy(arr.copy()).view(self.dtype).view(L, two, -1, bs, h, d)
+            with warnings.catch_warnings():  # read-only receive buffer: we only read from it
+                warnings.simplefilter("ignore", UserWarning)
+                t = torch.from_numpy(arr).view(self.dtype).view(L, two, -1, bs, h, d)
         if t.dim() != 6 or (t.shape[0], t.shape[1], *t.shape[3:]) != self.block_shape:
             raise EngineError(f"import: frame shape {tuple(t.shape)} does not match {self.block_shape}")
         return t

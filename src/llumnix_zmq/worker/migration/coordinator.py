@@ -99,7 +99,8 @@ class MigrationCoordinator:
     def for_service(cls, service) -> "MigrationCoordinator":
         from .dataplane import ZmqPeers
 
-        return cls(service, ZmqPeers(service.ctx), MigrationConfig.from_worker(service.cfg))
+        return cls(service, ZmqPeers(service.ctx, getattr(service, "client_keys", None)),
+                   MigrationConfig.from_worker(service.cfg))
 
     @property
     def instance_id(self) -> str:
