@@ -105,8 +105,8 @@ def _payload(cfg: BenchConfig, item: WorkItem, prompt: str) -> dict:
             "stream": True, "stream_options": {"include_usage": True}, "temperature": 0.0}
     if cfg.ignore_eos:
         body["ignore_eos"] = True
-    if item.priority:
-        body["priority"] = item.priority
+    if item.priority:  # llumnix-zmq's extension field ("normal" | "high")
+        body["priority"] = "high"
     return body
 
 
@@ -285,6 +285,13 @@ def summarize(cfg: BenchConfig, items: list[WorkItem], results: list[RequestResu
         "tpot_ms": _stats(tpot),
         "e2e_ms": _stats([r.e2e for r in ok]),
     }
+    if any(r.priority for r in results):
+        out["by_priority"] = {
+            name: {"completed": len(group),
+                   "ttft_ms": _stats([r.ttft for r in group if r.ttft is not None]),
+                   "e2e_ms": _stats([r.e2e for r in group])}
+            for name, group in (("normal", [r for r in ok if not r.priority]),
+                                ("high", [r for r in ok if r.priority]))}
     if cfg.per_request:
         out["per_request"] = [{k: v for k, v in asdict(r).items() if k != "itl"} for r in results]
     return out

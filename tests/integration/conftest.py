@@ -54,10 +54,15 @@ def blocks_used(cluster: LocalCluster) -> dict[str, int]:
     return {i["id"]: i["blocks_used"] for i in admin_get(cluster, "/admin/instances")["instances"]}
 
 
-def start_cluster(tmp_path, **overrides) -> LocalCluster:
+def start_cluster(tmp_path, autoscale: tuple[int, int] | None = None,
+                  **overrides) -> LocalCluster:
     spec = ClusterSpec(port=free_port(), admin_key=ADMIN_KEY, log_dir=str(tmp_path / "logs"),
                        **overrides)
     cluster = LocalCluster(spec)
+    if autoscale:
+        spec.scheduler_args = [*spec.scheduler_args, "--autoscale-min", str(autoscale[0]),
+                               "--autoscale-max", str(autoscale[1]), "--launcher", "local",
+                               "--launch-template", cluster.worker_template()]
     cluster.start()
     if spec.instances and not cluster.wait_ready(60):
         cluster.stop()
