@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ADMIN_KEY, blocks_used, expected_text
+from conftest import ADMIN_KEY, blocks_used, expected_text, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -91,4 +91,4 @@ def test_admin_needs_key(sim_cluster):
 def test_still_serving_after_bad_input_and_no_leaks(sim_cluster):
     code, out = post(sim_cluster, "/v1/completions", body(max_tokens=6))
     assert code == 200 and out["choices"][0]["text"] == expected_text("hi", 6)
-    assert sum(blocks_used(sim_cluster).values()) == 0
+    assert wait_for(lambda: sum(blocks_used(sim_cluster).values()) == 0, 5)

@@ -319,7 +319,7 @@ async def test_serving_closed_loop_errors_and_words():
         await runner.cleanup()
     assert res["completed"] == 8 and res["errors"] == 2 and res["output_tokens"] == 24
     assert "HTTP 500" in res["error_samples"][0]
-    assert all(len(b["prompt"].split()) == 6 and b["priority"] == 1 for b in received)
+    assert all(len(b["prompt"].split()) == 6 and b["priority"] == "high" for b in received)
 
 
 async def test_serving_max_seconds_stops_by_itself():
