@@ -259,7 +259,9 @@ class Cluster:
             if not isinstance(msg, TokenBatch):
                 log.warning("unexpected %s on the token socket", type(msg).__name__)
                 continue
-            for delta in msg.items:
+            # first tokens first: a step's batch carries ~one token per running request, and a
+            # new request's TTFT should not wait behind everyone else's next token
+            for delta in sorted(msg.items, key=_not_first):
                 stream = self.streams.get(delta.request_id)
                 if stream is None:  # a copy nobody waits for (e.g. after a resume): stop it
                     if delta.finish_reason == FinishReason.NONE:
@@ -275,3 +277,7 @@ class Cluster:
         return await self.to_scheduler.call(
             lambda q: MigrateCommand(q, source, destination, "", num, request_ids, "admin"),
             timeout)
+
+
+def _not_first(delta) -> bool:
+    return delta.start_index != 0
