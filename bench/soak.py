@@ -75,6 +75,7 @@ async def one(session, cluster, i: int, n_out: int, rec: dict) -> None:
                 if not line.startswith(b"data: {"):
                     continue
                 chunk = json.loads(line[6:])
+                rec.setdefault("id", chunk.get("id"))
                 if "error" in chunk:
                     rec["status"] = "error: " + chunk["error"]["message"][:80]
                     return
@@ -115,7 +116,7 @@ async def chaos(cluster, stop: asyncio.Event, kill_every: float, migrate_every: 
 
 async def soak(args) -> dict:
     spec = ClusterSpec(instances=args.instances, port=free_port(), admin_key=ADMIN,
-                       time_scale=args.time_scale, log_level="WARNING",
+                       time_scale=args.time_scale, log_level=args.log_level,
                        log_dir=str(ROOT / "bench/results/.logs/soak"))
     cluster = LocalCluster(spec)
     cluster.start()
@@ -177,6 +178,10 @@ def summarize(records, faults, leaked, resumed, args) -> dict:
         "ttft_p99_ms_without_faults": p99([r["ttft"] for r in ok if not hit(r) and r["ttft"]]),
         "blocks_leaked": leaked,
         "error_samples": sorted({s for s in status if s != "ok"})[:5],
+        "failures": [{"index": i, "status": r["status"], "id": r.get("id"),
+                      "start_s": r["start"] - records[0]["start"],
+                      "end_s": r.get("end", 0) - records[0]["start"]}
+                     for i, r in enumerate(records) if r["status"] != "ok"][:20],
     }
 
 
@@ -191,6 +196,7 @@ def main(argv=None) -> int:
     p.add_argument("--migrate-every", type=float, default=2.0)
     p.add_argument("--time-scale", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--log-level", default="WARNING")
     p.add_argument("--json", default=str(ROOT / "bench/results/soak.json"))
     args = p.parse_args(argv)
     out = asyncio.run(soak(args))

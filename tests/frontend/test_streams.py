@@ -304,3 +304,21 @@ async def test_eos_token_is_counted_but_adds_no_text():
     assert s.text == "hi"
     assert s.output_ids == [104, 105, 257]
     assert s.usage()["completion_tokens"] == 3
+
+
+async def test_moved_to_keeps_ownership_against_the_sources_late_batch():
+    """After RequestMoved(dst, 3) the source's late delta (tokens 2..3) must not take the
+    request back: aborts and failure handling must point at the destination."""
+    from llumnix_zmq.frontend.streams import RequestStream
+    from llumnix_zmq.protocol.messages import TokenDelta
+    from llumnix_zmq.tokenizer import ByteTokenizer
+
+    s = RequestStream("r", [1], ByteTokenizer(), [], 10)
+    s.on_delta(TokenDelta("r", 0, (97, 98)), "src")
+    assert s.moved_to("dst", 3)
+    s.on_delta(TokenDelta("r", 2, (99,)), "src")  # late: the source's last token
+    assert s.instance_id == "dst" and s.output_ids == [97, 98, 99]
+    s.on_delta(TokenDelta("r", 3, (100,)), "dst")
+    assert s.instance_id == "dst" and s.output_ids == [97, 98, 99, 100]
+    assert not s.moved_to("other", 2)  # stale notice: we already have tokens past 2
+    assert s.instance_id == "dst"

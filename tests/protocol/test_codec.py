@@ -52,6 +52,7 @@ SAMPLES: dict[type, m.Message] = {
     m.MigrateCommandReply: m.MigrateCommandReply(12, True, ("r1",), "ok"),
     m.ScaleOrder: m.ScaleOrder("w1", True, True),
     m.FrontendGone: m.FrontendGone("tcp://fe:1"),
+    m.RequestMoved: m.RequestMoved("cmpl-7", "worker-3", 42),
     m.MigPreAlloc: m.MigPreAlloc(3, "r1", "w1", 2, 8, 4, 130),
     m.MigAck: m.MigAck(3, "r1", 2, (40, 41, 42, 43)),
     m.MigAbort: m.MigAbort(3, "r1", ErrorCode.NO_SPACE, "full"),
@@ -79,7 +80,7 @@ def decode_error(frames, **kw) -> DecodeError:
 
 def test_samples_cover_every_message_and_tags_are_unique():
     assert set(SAMPLES) == set(ALL_MESSAGES)
-    assert len({c.TAG for c in ALL_MESSAGES}) == len(ALL_MESSAGES) == 21
+    assert len({c.TAG for c in ALL_MESSAGES}) == len(ALL_MESSAGES) == 22
     assert BY_TAG == {c.TAG: c for c in ALL_MESSAGES}
     assert 0 not in BY_TAG  # Message.TAG is reserved
 

@@ -35,6 +35,7 @@ from ..protocol.messages import (
     MigrateCommand,
     MigrateCommandReply,
     Priority,
+    RequestMoved,
     TokenBatch,
 )
 from ..scheduler.decisions import local_dispatch
@@ -256,6 +257,9 @@ class Cluster:
             except DecodeError as exc:
                 log.warning("malformed token batch dropped: %s", exc.message)
                 continue
+            if isinstance(msg, RequestMoved):
+                self.on_moved(msg)
+                continue
             if not isinstance(msg, TokenBatch):
                 log.warning("unexpected %s on the token socket", type(msg).__name__)
                 continue
@@ -270,6 +274,15 @@ class Cluster:
                 before = len(stream.output_ids)
                 stream.on_delta(delta, msg.instance_id)
                 self.metrics.tokens.inc(len(stream.output_ids) - before)
+
+    def on_moved(self, msg: RequestMoved) -> None:
+        """A migration committed: the destination owns the request now (unless tokens from
+        further along already named an owner). If it is already gone, resume at once."""
+        stream = self.streams.get(msg.request_id)
+        if stream is None or not stream.moved_to(msg.instance_id, msg.start_index):
+            return
+        if msg.instance_id not in self.instances:
+            asyncio.get_running_loop().create_task(self.resume(stream, msg.instance_id))
 
     # --- admin -----------------------------------------------------------------------------
     async def migrate(self, source: str, destination: str, request_ids: tuple[str, ...],

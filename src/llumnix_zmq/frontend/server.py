@@ -24,6 +24,7 @@ from .streams import RequestStream, StreamEnd
 
 log = logging.getLogger(__name__)
 MAX_JSON_DEPTH = 64
+MAX_MIGRATE_REQUESTS = (1 << 31) - 1  # num_requests travels as a msgpack int
 
 
 class FrontendServer:
@@ -111,10 +112,14 @@ class FrontendServer:
             if bad:
                 raise ApiError(400, f"token id {bad[0]} is outside the vocabulary", "prompt")
             return req.prompt_token_ids
-        if req.chat:
-            text = self.tokenizer.apply_chat_template(req.messages)
-            return self.tokenizer.encode(text, add_bos=False)
-        return self.tokenizer.encode(req.prompt_text)
+        try:
+            if req.chat:
+                text = self.tokenizer.apply_chat_template(req.messages)
+                return self.tokenizer.encode(text, add_bos=False)
+            return self.tokenizer.encode(req.prompt_text)
+        except UnicodeEncodeError:  # JSON can carry lone surrogates ("\ud800"): not text
+            raise ApiError(400, "the prompt is not valid Unicode (lone surrogate)",
+                           "messages" if req.chat else "prompt") from None
 
     def admit(self, client: str) -> None:
         """Admission control: bounded queues instead of unbounded ones (429 + Retry-After)."""
@@ -317,9 +322,9 @@ class FrontendServer:
             src = body.get("source")
             num = body.get("num_requests", 1)
             if not isinstance(src, str) or isinstance(num, bool) or not isinstance(num, int) \
-                    or num < 1:
+                    or not 1 <= num <= MAX_MIGRATE_REQUESTS:
                 raise ApiError(400, "give 'request_id', or 'source' (and optional "
-                               "'num_requests' >= 1)", "source")
+                               f"'num_requests' in [1, {MAX_MIGRATE_REQUESTS}])", "source")
             ids = ()
         for name in (src, dst):
             if name not in self.cluster.instances:

@@ -80,6 +80,15 @@ class RequestStream:
         self._apply(delta)
         self._release()
 
+    def moved_to(self, instance_id: str, start_index: int) -> bool:
+        """A committed migration: ``instance_id`` owns the request from output ``start_index``
+        on. The source's batches up to there arriving later do not take ownership back."""
+        if self.finished or self._newest > start_index:
+            return False
+        self._newest = start_index
+        self.instance_id = instance_id
+        return True
+
     def _park(self, delta: TokenDelta) -> None:
         old = self._pending.get(delta.start_index)
         if old is None or _reach(delta) > _reach(old):

@@ -19,6 +19,7 @@ Who sends what:
 | GenerateRequest    | frontend → worker               | TokenBatch items        |
 | AbortRequest       | frontend → worker               | TokenBatch (ABORT)      |
 | TokenBatch         | worker → frontend (PUSH/PULL)   | -                       |
+| RequestMoved       | worker → frontend (PUSH/PULL)   | -                       |
 | Mig* messages      | worker ↔ worker                 | see worker/migration    |
 """
 
@@ -312,6 +313,18 @@ class FrontendGone(Message):
     frontend_address: str
 
 
+@dataclass(frozen=True)
+class RequestMoved(Message):
+    """Source worker → frontend (token PUSH) when a migration committed: ``instance_id`` now
+    owns the request. Without it a destination that dies before its first token reaches the
+    frontend would leave the frontend believing the source still holds the request."""
+
+    TAG: ClassVar[int] = 17
+    request_id: str
+    instance_id: str
+    start_index: int = 0  # output tokens the request had when it moved
+
+
 # --- migration (worker ↔ worker); see worker/migration for the state machines ---------------
 
 
@@ -382,6 +395,7 @@ ALL_MESSAGES: tuple[type[Message], ...] = (
     MigrateCommandReply,
     ScaleOrder,
     FrontendGone,
+    RequestMoved,
     MigPreAlloc,
     MigAck,
     MigAbort,

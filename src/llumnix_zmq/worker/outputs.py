@@ -71,6 +71,14 @@ class OutputSender:
         self.forget(address)
         self.on_gone(address)
 
+    def usable(self, address: str) -> bool:
+        """Whether tokens can be pushed to ``address`` (a malformed endpoint cannot be)."""
+        try:
+            self._sock(address)
+        except zmq.ZMQError:
+            return False
+        return True
+
     def send(self, deltas: list[TokenDelta], frontend_of) -> int:
         """Group ``deltas`` by frontend (``frontend_of(request_id)``) and send one batch each."""
         if not deltas:
@@ -89,7 +97,20 @@ class OutputSender:
                 self.dropped += 1
                 log.warning("frontend %s not keeping up: dropped a batch of %d", address,
                             len(items))
+            except zmq.ZMQError as exc:  # an address no socket can connect to: never fatal
+                self.dropped += 1
+                log.error("frontend address %r unusable (%s): dropped a batch of %d", address,
+                          exc, len(items))
         return len(groups)
+
+    def notify(self, address: str, msg) -> bool:
+        """A control message on the token channel (e.g. RequestMoved); never blocks."""
+        try:
+            self._sock(address).send_multipart(encode(msg), flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            log.warning("frontend %s not keeping up: dropped %s", address, type(msg).__name__)
+            return False
 
     def forget(self, address: str) -> None:
         watcher = self.watchers.pop(address, None)

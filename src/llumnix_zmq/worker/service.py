@@ -109,6 +109,10 @@ class WorkerService:
 
     # --- frontend-facing handlers -------------------------------------------------------
     async def on_generate(self, identity: bytes, msg: GenerateRequest, raw):
+        if msg.frontend_address and not self.outputs.usable(msg.frontend_address):
+            return ErrorReply(ErrorCode.BAD_REQUEST, f"frontend address "
+                              f"{msg.frontend_address[:64]!r} is not a usable endpoint",
+                              msg.request_id, msg.TAG)
         if self.draining:
             self.fail(msg.request_id, msg.frontend_address, ErrorCode.BUSY,
                       f"instance {self.instance_id} is draining")
@@ -161,6 +165,9 @@ class WorkerService:
         log.warning("frontend %s disconnected: aborting its requests", address)
         asyncio.get_running_loop().create_task(
             self.on_frontend_gone(b"", FrontendGone(address), []))
+
+    def notify_frontend(self, address: str, msg) -> None:
+        self.outputs.notify(address, msg)
 
     def fail(self, request_id: str, frontend: str, code: ErrorCode, message: str) -> None:
         delta = TokenDelta(request_id, 0, (), FinishReason.ERROR, 0, message, int(code))
@@ -226,6 +233,10 @@ class WorkerService:
             asyncio.get_running_loop().create_task(self.on_migrate_command(msg))
             return
         if isinstance(msg, ScaleOrder):
+            if msg.instance_id != self.instance_id:
+                log.warning("ignoring scale order for %r (this is %s)", msg.instance_id[:64],
+                            self.instance_id)
+                return
             self.draining = msg.draining
             self.stop_when_empty = msg.stop_when_empty
             self.report_now.set()

@@ -182,6 +182,8 @@ class Destination:
     async def _import_locked(self, s: Incoming, msg: MigPreAlloc, raw) -> object:
         eng = self.c.engine
         s.fsm.transition(DstState.RECEIVING)
+        if msg.num_blocks < 0:
+            return self._abort_locked(s, ErrorCode.MALFORMED, f"{msg.num_blocks} blocks")
         ids = eng.reserve_blocks(msg.num_blocks)
         if ids is None:
             return self._abort_locked(s, ErrorCode.NO_SPACE,

@@ -38,7 +38,8 @@ from typing import TYPE_CHECKING
 
 from ...engine.base import EngineError, EngineRequest
 from ...protocol.messages import (AbortRequest, ErrorCode, ErrorReply, MigAbort, MigAck,
-                                  MigCommit, MigCommitted, MigPreAlloc, RequestState)
+                                  MigCommit, MigCommitted, MigPreAlloc, RequestMoved,
+                                  RequestState)
 from .dataplane import frames_nbytes
 from .states import SrcState, source_fsm
 
@@ -341,8 +342,12 @@ class SourceMigration:
         async with self.c.lock:
             if not self.queued and self.c.engine.has_request(self.rid):
                 self.c.engine.remove_request(self.rid)
-            self.c.host.frontend_of.pop(self.rid, None)
+            frontend = self.c.host.frontend_of.pop(self.rid, None) or self.state.frontend_address
             self.fsm.transition(SrcState.DONE)
+        notify = getattr(self.c.host, "notify_frontend", None)
+        if frontend and notify is not None:  # the frontend learns the new owner from us too
+            notify(frontend, RequestMoved(self.rid, self.peer_id,
+                                          len(self.state.output_token_ids)))
         self.c.on_moved(self)
         now = self.c.clock.now()
         down = (now - self.suspended_at) * 1e3 if self.suspended_at is not None else 0.0
