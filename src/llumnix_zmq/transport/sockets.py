@@ -51,10 +51,14 @@ def make_socket(
             sock.curve_server = True
         else:
             sock.curve_serverkey = curve.server_public or curve.public
-    if bind:
-        sock.bind(address)
-    else:
-        sock.connect(address)
+    try:
+        if bind:
+            sock.bind(address)
+        else:
+            sock.connect(address)
+    except zmq.ZMQError:  # e.g. a malformed address from a peer: do not leak the socket
+        sock.close(linger=0)
+        raise
     return sock
 
 

@@ -364,6 +364,9 @@ class SimEngine(Engine):
             raise EngineError(f"{rid}: {len(prompt)} prompt tokens > max_model_len {self.max_model_len}")
         if sampling.max_tokens < 1:
             raise EngineError(f"{rid}: max_tokens must be >= 1")
+        vocab = self.vocab_size  # the KV pool stores token ids as int32: reject others here
+        if any(not 0 <= t < vocab for t in prompt) or any(not 0 <= t < vocab for t in outputs):
+            raise EngineError(f"{rid}: token id out of range [0, {vocab})")
         r = _Req(rid, prompt, outputs, sampling, priority, frontend_address, arrival_time, self.max_model_len)
         if outputs and len(r.tokens) >= r.max_len:
             raise EngineError(f"{rid}: already finished ({len(outputs)} output tokens)")
