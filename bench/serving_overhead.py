@@ -46,15 +46,17 @@ async def inprocess(items: list[WorkItem], profile: str, time_scale: float) -> d
     work = asyncio.Event()
     ttfts, e2es = [], []
 
-    async def engine_loop():
+    async def engine_loop():  # paced like the worker's loop (against a deadline)
+        paced_until = 0.0
         while True:
             if not engine.has_work():
                 work.clear()
                 await work.wait()
                 continue
-            t0 = time.monotonic()
+            paced_until = max(paced_until, time.monotonic())
             res = engine.step()
-            await asyncio.sleep(max(0.0, res.duration_s * time_scale - (time.monotonic() - t0)))
+            paced_until += res.duration_s * time_scale
+            await asyncio.sleep(max(0.0, paced_until - time.monotonic()))
             now = time.monotonic()
             for d in res.deltas:
                 if d.token_ids and d.request_id not in first:

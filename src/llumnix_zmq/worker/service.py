@@ -280,7 +280,11 @@ class WorkerService:
 
     # --- the engine loop ----------------------------------------------------------------
     async def engine_loop(self, stop: asyncio.Event) -> None:
+        """Check shutdown, step, emit. The sim engine's modelled step time is paced against a
+        deadline (``paced_until``): bookkeeping between steps (emitting, reports, handlers)
+        overlaps the modelled device time as it would on a GPU, instead of adding to it."""
         loop = asyncio.get_running_loop()
+        paced_until = 0.0
         while not stop.is_set():
             if not self.engine.has_work():
                 if self.draining and self.stop_when_empty and not self.frontend_of:
@@ -293,7 +297,7 @@ class WorkerService:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            t0 = time.monotonic()
+            paced_until = max(paced_until, time.monotonic())  # no credit for idle time
             async with self.engine_lock:
                 if self.executor is None:
                     result = self.engine.step()
@@ -305,8 +309,8 @@ class WorkerService:
                 # the emit below (the source's last token still goes to the frontend)
                 routes = {d.request_id: self.frontend_of.get(d.request_id) for d in result.deltas}
             if self.executor is None and self.cfg.time_scale > 0:
-                delay = result.duration_s * self.cfg.time_scale - (time.monotonic() - t0)
-                await asyncio.sleep(max(0.0, delay))
+                paced_until += result.duration_s * self.cfg.time_scale
+                await asyncio.sleep(max(0.0, paced_until - time.monotonic()))
             else:
                 await asyncio.sleep(0)
             self.emit(result.deltas, routes)
