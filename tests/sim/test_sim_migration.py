@@ -99,3 +99,16 @@ def test_destination_without_space_aborts_and_keeps_request_on_source():
     for inst in sim.instances.values():
         inst.engine.allocator_check()
         assert inst.engine.num_free_blocks() == inst.engine.num_blocks
+
+
+def test_max_stages_one_is_a_blocking_copy():
+    """max_stages counts the last stage (as worker/migration's rounds): 1 = suspend and copy
+    everything at once, so the downtime holds all 26 blocks: 26 x 2 ms + 1 ms."""
+    sim = _sim([WorkItem(0.0, 400, 100)], max_stages=1)
+    done = []
+    orig = sim.on_migration_done
+    sim.on_migration_done = lambda mig, ok: (done.append((mig.stage, mig.downtime_s)), orig(mig, ok))
+    sim.queue.at(0.0405, lambda _: sim._order_migration(MigrationPair("i0", "i1", "load-balance")))
+    sim.run()
+    assert done[0][0] == 0 and done[0][1] == pytest.approx(26 * 0.002 + 0.001)
+    assert sim.metrics.tokens[0] == 100

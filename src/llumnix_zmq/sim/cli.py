@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="pass HIGH priority to the engines (auto: only under llumnix)")
     s.add_argument("--frontend-latency-ms", type=float, default=0.0,
                    help="arrival -> dispatch delay (HTTP, tokenizer, scheduler query)")
+    s.add_argument("--step-overhead-ms", type=float, default=0.0,
+                   help="added to every engine step (the worker loop's own cost)")
     m = p.add_argument_group("migration cost")
     m.add_argument("--bandwidth-gbps", type=float, default=64.0)
     m.add_argument("--handshake-ms", type=float, default=1.0)
@@ -111,7 +113,8 @@ def config_from_args(a: argparse.Namespace) -> SimulationConfig:
         autoscale_min=lo, autoscale_max=hi, scale_out_threshold=a.scale_out_threshold,
         scale_in_threshold=a.scale_in_threshold, scale_cooldown_s=a.scale_cooldown,
         startup_delay_s=a.startup_delay, max_sim_seconds=a.max_sim_seconds,
-        frontend_latency_ms=a.frontend_latency_ms, progress=a.progress)
+        frontend_latency_ms=a.frontend_latency_ms, step_overhead_ms=a.step_overhead_ms,
+        progress=a.progress)
 
 
 def _ms(x) -> str:

@@ -81,6 +81,7 @@ class Simulation:
         self._prompt = [97 + i % 26 for i in range(self.engine_cfg.max_model_len + 1)]
         self._sampling: dict[int, SamplingParams] = {}
         self.frontend_latency_s = cfg.frontend_latency_ms / 1000.0
+        self.step_overhead_s = cfg.step_overhead_ms / 1000.0
 
     # --- setup and run --------------------------------------------------------------------
     def run(self) -> None:
@@ -182,6 +183,7 @@ class Simulation:
         d = res.duration_s
         if d <= 0.0:  # nothing could run (blocks held by migrations): the next change kicks it
             return
+        d += self.step_overhead_s
         inst.busy = True
         inst.step_started = self.clock.t
         inst.num_steps += 1

@@ -66,6 +66,8 @@ class SimulationConfig:
     # time from a request's arrival to its dispatch to a worker (HTTP, tokenization, the scheduler
     # query): 0 models an ideal frontend; bench/paper/fidelity.py measures the real mesh's
     frontend_latency_ms: float = 0.0
+    # added to every engine step that does work: the worker loop's own cost per step (0: ideal)
+    step_overhead_ms: float = 0.0
     # run
     max_sim_seconds: float | None = None  # stop the clock here (speed benchmarks); None: run out
     dispatch_retry_s: float = 0.01  # NoInstance: the frontend retries after this

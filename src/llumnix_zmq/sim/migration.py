@@ -5,9 +5,10 @@ Stages (as in the real protocol; every stage is one PRE_ALLOC → ACK round trip
 
     stage k < last:  copy the blocks filled since stage k-1 (blocks [copied, full))   request
                      while the request keeps decoding on the source                     decodes
-    last stage:      when <= last_stage_max_blocks blocks remain uncopied, or once
-                     max_stages pre-copy stages ran: suspend, copy the rest (including  downtime
-                     the block being filled), COMMIT; the destination resumes it
+    last stage:      when <= last_stage_max_blocks blocks remain uncopied, no new block
+                     is full, or max_stages - 1 pre-copy stages ran (max_stages counts  downtime
+                     the last one, as worker/migration's rounds): suspend, copy the rest
+                     (including the block being filled), COMMIT; the destination resumes
     commit:          destination import_request(state, all ids); source remove_request
 
 Cost of copying n blocks = n · block_size · kv_bytes_per_token / bandwidth. A pre-copy stage
@@ -103,7 +104,8 @@ class StagedMigration:
         if not self.dst.alive:
             return self._abort("destination-gone")
         cost = self.cost
-        if total - self.copied <= cost.last_stage_max_blocks or self.stage >= cost.max_stages:
+        if (total - self.copied <= cost.last_stage_max_blocks or full <= self.copied
+                or self.stage >= cost.max_stages - 1):
             return self._last_stage(total)
         n = full - self.copied
         if not self._copy(self.copied, full):

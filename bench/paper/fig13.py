@@ -1,0 +1,144 @@
+"""Figure 13 of Llumnix: priorities. 10% high-priority requests, 128-128, Gamma arrivals with
+CV 2–8 at 26 req/s on 16 LLaMA-7B/A10 instances; llumnix vs llumnix-base (no priorities).
+
+    python bench/paper/fig13.py [--report]
+
+Variants per point:
+- ``llumnix``: priority headroom in dispatch/pairing (PolicyConfig.headroom_blocks) and the
+  engines serve HIGH first (queue order, NORMAL preempted first);
+- ``llumnix-sched``: the scheduler's headroom only, engines priority-blind (isolates §4.4.1);
+- ``llumnix-base``: no priorities anywhere;
+- ``llumnix-h64``: llumnix with a 64-block (1,024-token) headroom per HIGH request instead of
+  the default 4 (PolicyConfig.headroom_blocks, passed as a flag).
+Also at 18 req/s: our A10 model saturates near 25 req/s on 128-128 (the paper's testbed near
+35), so 26 req/s is past our capacity and 18 req/s is the comparable operating point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from common import RESULTS, md_table, ms, ratio, run_points
+
+OUT = RESULTS / "paper_fig13.json"
+CVS = (2, 4, 6, 8)
+RATES = (26, 18)
+VARIANTS = {  # name -> SimulationConfig overrides
+    "llumnix": {"policy": "llumnix"},
+    "llumnix-sched": {"policy": "llumnix", "engine_priorities": False},
+    "llumnix-base": {"policy": "llumnix-base"},
+    "llumnix-h64": {"policy": "llumnix", "headroom_blocks": 64},  # tuned: 64-block headroom
+}
+PAPER = "high-priority P99 prefill 3.6x–10x better than llumnix-base"
+
+
+def points(requests: int, headroom: int | None) -> list[dict]:
+    pts = []
+    for rate in RATES:
+        for cv in CVS:
+            for name, over in VARIANTS.items():
+                p = {"key": f"{rate}/cv{cv}/{name}", "trace": "zipf:128-128", "arrival": "gamma",
+                     "cv": float(cv), "rate": float(rate), "requests": requests,
+                     "priority_fraction": 0.1, "instances": 16, "seed": 1, **over}
+                if headroom is not None and "headroom_blocks" not in over:
+                    p["headroom_blocks"] = headroom
+                pts.append(p)
+    return pts
+
+
+def report(res: dict) -> str:
+    rows = []
+    for rate in RATES:
+        for cv in CVS:
+            r = {n: res.get(f"{rate}/cv{cv}/{n}") for n in VARIANTS}
+            if not all(r.values()):
+                continue
+            hi = {n: r[n]["by_priority"]["high"] for n in VARIANTS}
+            lo = {n: r[n]["by_priority"]["normal"] for n in VARIANTS}
+            rows.append([rate, cv] + [
+                " / ".join(ms(g[n][k][s]) for n in VARIANTS)
+                for g, k, s in ((hi, "ttft", "p99"), (hi, "ttft", "mean"),
+                                (hi, "decode_per_token", "p99"), (lo, "ttft", "p99"),
+                                (lo, "e2e", "mean"))
+            ] + [ratio(hi["llumnix-base"]["ttft"]["p99"], hi["llumnix"]["ttft"]["p99"]),
+                 ratio(hi["llumnix-base"]["ttft"]["p99"], hi["llumnix-sched"]["ttft"]["p99"]),
+                 ratio(hi["llumnix-base"]["ttft"]["p99"], hi["llumnix-h64"]["ttft"]["p99"]),
+                 ratio(hi["llumnix-base"]["decode_per_token"]["p99"],
+                       hi["llumnix"]["decode_per_token"]["p99"]),
+                 ratio(hi["llumnix-base"]["decode_per_token"]["p99"],
+                       hi["llumnix-h64"]["decode_per_token"]["p99"])])
+    head = ["req/s", "CV", "HIGH P99 prefill ms (L / L-sched / base / L-h64)",
+            "HIGH mean prefill ms", "HIGH P99 decode ms", "NORMAL P99 prefill ms",
+            "NORMAL mean e2e ms", "HIGH P99 prefill base/L", "base/L-sched", "base/L-h64",
+            "HIGH P99 decode base/L", "base/L-h64"]
+    return f"Paper: {PAPER}.\n\n" + md_table(head, rows)
+
+
+def plot(res: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(RATES), 3, figsize=(12, 3.2 * len(RATES)))
+    for row, rate in enumerate(RATES):
+        for col, (prio, key, stat, name) in enumerate((
+                ("high", "ttft", "p99", "HIGH P99 prefill (s)"),
+                ("high", "decode_per_token", "p99", "HIGH P99 decode (s)"),
+                ("normal", "ttft", "p99", "NORMAL P99 prefill (s)"))):
+            ax = axes[row][col]
+            for n, marker in zip(VARIANTS, "o^sv"):
+                xs = [cv for cv in CVS if f"{rate}/cv{cv}/{n}" in res]
+                ys = [res[f"{rate}/cv{cv}/{n}"]["by_priority"][prio][key][stat] for cv in xs]
+                ax.plot(xs, ys, marker=marker, label=n)
+            ax.set_yscale("log")
+            ax.set_title(f"{name}, {rate} req/s", fontsize=9)
+            ax.set_xlabel("Gamma CV")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--report", action="store_true")
+    p.add_argument("--requests", type=int, default=10000)
+    p.add_argument("--headroom-blocks", type=int, default=None)
+    a = p.parse_args(argv)
+    res = json.loads(OUT.read_text()) if a.report else \
+        run_points(points(a.requests, a.headroom_blocks), OUT)
+    text = report(res)
+    (RESULTS / "paper_fig13.md").write_text(HEADER + text + "\n" + NOTES)
+    plot(res, RESULTS / "paper_fig13.png")
+    print(text)
+    return 0
+
+
+HEADER = """# Figure 13: priorities (10% HIGH, 128-128, Gamma CV 2–8), llumnix vs llumnix-base
+
+16 LLaMA-7B/A10 instances simulated, 10,000 requests per point, seed 1; regenerate with
+`python bench/paper/fig13.py`. L = llumnix (scheduler headroom of 4 blocks per HIGH request +
+priority-aware engines), L-sched = llumnix with priority-blind engines, base = llumnix-base,
+L-h64 = llumnix with a 64-block headroom. Ratios: base / variant (higher = variant better).
+
+"""
+
+NOTES = """
+## Reading the numbers
+
+- At the paper's 26 req/s (past our model's ~25 req/s capacity for 128-128) llumnix's HIGH P99
+  prefill is 5–33x better than llumnix-base (paper: 3.6–10x), and 8–115x with a 64-block
+  headroom. Most of it comes from the engines serving HIGH first: with priority-blind engines
+  the scheduler's headroom alone (L-sched) gives 0.8–2.7x.
+- At 18 req/s the cluster has room and there is nothing to win on prefill: every variant's
+  HIGH P99 prefill is the prefill time of the longest prompts (~1 s). HIGH P99 decode is then
+  0.5–0.8x (worse) with llumnix: it is the 10th-worst of ~1,000 HIGH requests, set by short
+  requests whose single decode step shares a batch with a 4,096-token prefill chunk; our
+  latency model's decode step grows little with the batch (22 ms floor + 0.12 ms/request + 2.5
+  µs/KV token), so lighter instances buy HIGH requests little.
+"""
+
+if __name__ == "__main__":
+    sys.exit(main())
