@@ -95,7 +95,8 @@ def test_autoscale_out_under_burst_then_drain_in(tmp_path):
 
         def watch():
             while not done.is_set():
-                counts.append(len(admin_get(cluster, "/admin/instances")["instances"]))
+                counts.append(sum(1 for i in admin_get(cluster, "/admin/instances")["instances"]
+                                  if i["state"] == "active"))  # a draining one may linger
                 time.sleep(0.2)
 
         t = threading.Thread(target=watch, daemon=True)
@@ -103,7 +104,7 @@ def test_autoscale_out_under_burst_then_drain_in(tmp_path):
         results = asyncio.run(_streams(cluster.base_url,
                                        [(f"burst{i}", 300) for i in range(24)]))
         assert all(results) and len(results) == 24  # nothing lost, nothing duplicated
-        assert max(counts) == 2, counts  # scaled out under the burst
+        assert max(counts) == 2, counts  # scaled out under the burst, never past the max
         # ... and back in once idle: one instance drains (migrating anything left) and stops
         assert wait_for(lambda: len(admin_get(cluster, "/admin/instances")["instances"]) == 1,
                         30)
