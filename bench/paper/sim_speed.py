@@ -73,8 +73,8 @@ def main(argv=None) -> int:
     p.add_argument("--window", type=float, default=60.0)
     p.add_argument("--no-reference", action="store_true")
     a = p.parse_args(argv)
-    out = {"window_s": a.window, "scaling": [], "note": "2 shared CPU cores; other jobs ran "
-           "on the same cores, so wall times are upper bounds"}
+    out = {"window_s": a.window, "scaling": [], "note": "One process on this 2-core machine "
+           "(shared with other jobs; wall times are upper bounds)."}
     if not a.no_reference:
         ref = measure(cfg_for(16, None, requests=10000, rate=34.0))
         out["reference_10k_16inst_34rps"] = ref
