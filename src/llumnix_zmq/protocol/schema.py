@@ -99,10 +99,6 @@ def _to_wire(value: Any) -> Any:
 _COMPILED: dict[Any, Any] = {}
 
 
-def _check(ann: Any, value: Any, limits: Limits, depth: int) -> Any:
-    return _compile(ann)(value, limits, depth)
-
-
 def _compile(ann: Any):
     """A checker ``f(value, limits, depth) -> value`` for an annotation, built once: decoding
     then costs no type-hint introspection per value (hot path: a TokenBatch per engine step)."""
