@@ -47,7 +47,7 @@ def _up(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="llumnix-zmq up",
                                 description="start a scheduler, N workers and a frontend")
     p.add_argument("--engine", default="sim", choices=["sim", "torch", "vllm"])
-    p.add_argument("--model", default=None, help="torch: tiny | smollm2 | PATH (default smollm2)")
+    p.add_argument("--model", default=None, help="torch: tiny | smollm2 | PATH (default smollm2); vllm: tiny | PATH (default tiny)")
     p.add_argument("--instances", type=int, default=2)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -72,7 +72,7 @@ def _up(argv: list[str]) -> int:
     p.add_argument("--frontend-arg", action="append", default=[])
     a = p.parse_args(argv)
     setup_logging(a.log_level, "up")
-    model = a.model or ("smollm2" if a.engine == "torch" else "sim")
+    model = a.model or {"torch": "smollm2", "vllm": "tiny"}.get(a.engine, "sim")
     if a.engine == "torch" and not any("num-threads" in w for w in a.worker_arg):
         # one engine per core share: torch's default would oversubscribe the CPU
         a.worker_arg.append(f"--num-threads={max(1, (os.cpu_count() or 1) // a.instances)}")

@@ -65,6 +65,9 @@ class WorkerConfig:
     max_model_len: int = 0
     chunked_prefill: bool = True
     num_threads: int = 0  # torch on CPU: intra-op threads
+    cpu_bind: str = ""  # vllm on CPU: OpenMP cores (VLLM_CPU_OMP_THREADS_BIND: "0", "2-3", "auto")
+    kv_cache_gib: float = 0.0  # vllm on CPU: KV cache space (VLLM_CPU_KVCACHE_SPACE); 0: 1 GiB
+    gpu_memory_utilization: float = 0.0  # vllm on a GPU: its memory share; 0: vLLM's 0.9
     dtype: str = "float32"
     device: str = "cpu"
     report_period_s: float = 0.05

@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from conftest import TOK, blocks_used, expected_text, wait_for
+from llumnix_zmq.engine.sim import pseudo_tokens
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,3 +102,28 @@ def test_100_concurrent_requests_exact(sim_cluster):
     # both instances served some of the load
     metrics = __import__("urllib.request").request.urlopen(sim_cluster.base_url + "/metrics").read()
     assert b"llumnix_frontend_ttft_seconds_count" in metrics
+
+
+def test_return_token_ids_streaming_and_not(sim_cluster):
+    """vLLM's ``return_token_ids`` extension: prompt ids once, then every output id exactly once
+    across the chunks (the sim engine's pseudo tokens, known in advance)."""
+    prompt_ids = TOK.encode("ids please")
+    want = pseudo_tokens(prompt_ids, None, 0, 15)
+    c = client(sim_cluster)
+    extra = {"return_token_ids": True}
+    out = c.completions.create(model="sim", prompt="ids please", max_tokens=15, temperature=0,
+                               extra_body=extra)
+    choice = out.choices[0].model_dump()
+    assert choice["token_ids"] == want and choice["prompt_token_ids"] == prompt_ids
+    chat = c.chat.completions.create(model="sim", messages=[{"role": "user", "content": "x"}],
+                                     max_tokens=4, extra_body=extra).model_dump()
+    assert len(chat["choices"][0]["token_ids"]) == 4 and chat["prompt_token_ids"]
+    ids, prompts = [], []
+    for chunk in c.completions.create(model="sim", prompt="ids please", max_tokens=15,
+                                      stream=True, extra_body=extra):
+        d = chunk.choices[0].model_dump()
+        ids += d["token_ids"]
+        prompts += [d["prompt_token_ids"]] if d.get("prompt_token_ids") else []
+    assert ids == want and prompts == [prompt_ids]
+    plain = c.completions.create(model="sim", prompt="ids please", max_tokens=3)
+    assert "token_ids" not in plain.choices[0].model_dump()

@@ -5,22 +5,16 @@ per session. Engines start once per session (~30 s each)."""
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from helpers import DEVICES, PLATFORM, device_options  # noqa: E402  (after the path insert)
 
-def _have_vllm() -> bool:
-    try:  # a submodule: a bare "vllm" could be a namespace package of some stray directory
-        return importlib.util.find_spec("vllm.distributed") is not None
-    except ImportError:
-        return False
+HAVE_VLLM = bool(PLATFORM)
 
-
-HAVE_VLLM = _have_vllm()
 NUM_BLOCKS = 256  # per engine: 8192 tokens of KV
 
 
@@ -44,13 +38,14 @@ def tiny_model(tmp_path_factory):
     return build_tiny_llama(str(tmp_path_factory.mktemp("vllm") / "tiny-llama"))
 
 
-@pytest.fixture(scope="session")
-def engines(tiny_model):
+@pytest.fixture(scope="session", params=DEVICES)
+def engines(request, tiny_model):
     from llumnix_zmq.engine.vllm.testing import EngineProc
 
-    a = EngineProc(tiny_model, "0", num_blocks=NUM_BLOCKS, max_model_len=4096)
+    opts = dict(num_blocks=NUM_BLOCKS, max_model_len=4096, **device_options(request.param))
+    a = EngineProc(tiny_model, "0", **opts)
     try:
-        b = EngineProc(tiny_model, "1", num_blocks=NUM_BLOCKS, max_model_len=4096)
+        b = EngineProc(tiny_model, "1", **opts)
     except BaseException:
         a.close()
         raise

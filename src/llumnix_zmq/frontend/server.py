@@ -227,9 +227,12 @@ class FrontendServer:
         else:
             choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
             obj = "text_completion"
-        return web.json_response({"id": stream.request_id, "object": obj,
-                                  "created": int(stream.created), "model": self.model_name,
-                                  "choices": [choice], "usage": stream.usage()})
+        body = {"id": stream.request_id, "object": obj, "created": int(stream.created),
+                "model": self.model_name, "choices": [choice], "usage": stream.usage()}
+        if req.return_token_ids:
+            choice["token_ids"] = stream.take_ids()
+            (body if req.chat else choice)["prompt_token_ids"] = stream.prompt_token_ids
+        return web.json_response(body)
 
     async def stream_response(self, request: web.Request, req: ParsedRequest,
                               stream: RequestStream, t0: float):
@@ -248,10 +251,16 @@ class FrontendServer:
                 choice = {"index": 0, "text": text or "", "logprobs": None,
                           "finish_reason": finish}
             body = {**base, "choices": [choice]}
+            if req.return_token_ids:  # vLLM's layout: prompt ids once, then new ids per chunk
+                if not prompt_sent:
+                    prompt_sent.append(True)
+                    choice["prompt_token_ids"] = stream.prompt_token_ids
+                choice["token_ids"] = stream.take_ids()
             if usage is not None:
                 body["usage"] = usage
             return b"data: " + json.dumps(body).encode() + b"\n\n"
 
+        prompt_sent: list[bool] = []
         if req.chat:
             first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                           "logprobs": None, "finish_reason": None}]}

@@ -38,6 +38,7 @@ class RequestStream:
     output_ids: list[int] = field(default_factory=list)
     text: str = ""  # detokenised output (cut at a stop string)
     emitted: int = 0  # characters of ``text`` handed to the client
+    ids_emitted: int = 0  # ``output_ids`` handed to the client (return_token_ids)
     end: StreamEnd | None = None
     stop_hit: bool = False
     first_token_at: float | None = None
@@ -155,6 +156,12 @@ class RequestStream:
         chunk = self.text[self.emitted:limit]
         self.emitted = limit
         return chunk
+
+    def take_ids(self) -> list[int]:
+        """Output token ids not yet sent (all that arrived: ids are not held back)."""
+        ids = self.output_ids[self.ids_emitted:]
+        self.ids_emitted = len(self.output_ids)
+        return ids
 
     def usage(self) -> dict:
         p, c = len(self.prompt_token_ids), len(self.output_ids)

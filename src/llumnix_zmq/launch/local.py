@@ -127,9 +127,13 @@ class LocalCluster:
         return shlex.join(self.worker_args("{id}"))
 
     def start_worker(self, extra: list[str] | None = None) -> Child:
-        name = f"worker-{self._next_worker}"
+        index = self._next_worker
+        name = f"worker-{index}"
         self._next_worker += 1
         args = ["--instance-id", name, *self.worker_args(name), *(extra or [])]
+        if self.spec.engine == "vllm" and not any(a.startswith("--cpu-bind") for a in args):
+            # vLLM on CPU binds its OpenMP threads: one core per worker, round robin
+            args += ["--cpu-bind", str(index % (os.cpu_count() or 1))]
         return self._start(Child(name, self._cmd("worker", *args)))
 
     def start_frontend(self) -> Child:

@@ -46,7 +46,11 @@ class ByteTokenizer:
 
 def load_tokenizer(engine: str, model: str) -> Tokenizer:
     """The tokenizer that matches ``engine``/``model`` (lazy imports for real models)."""
-    if engine == "sim" or model in ("tiny", "sim"):
+    if engine == "vllm" and model == "tiny":  # the vllm engine's tiny Llama has a BPE tokenizer
+        from ..engine.vllm.tiny import build_tiny_llama, default_tiny_dir
+
+        model = build_tiny_llama(default_tiny_dir())
+    elif engine == "sim" or model in ("tiny", "sim"):
         return ByteTokenizer()
     from ..engine.torch.tokenizer import load_model_tokenizer  # needs the torch extra
 

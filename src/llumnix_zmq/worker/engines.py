@@ -40,5 +40,11 @@ def make_engine(cfg: WorkerConfig, clock: Clock) -> Engine:
                        **_set(cfg))
         if cfg.num_blocks:
             options["num_blocks"] = cfg.num_blocks
+        if cfg.cpu_bind:
+            options["omp_threads_bind"] = cfg.cpu_bind
+        if cfg.kv_cache_gib:
+            options["kv_cache_space_gib"] = cfg.kv_cache_gib
+        if cfg.gpu_memory_utilization:
+            options["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         return make_vllm_engine(cfg.model, clock=clock, **options)
     raise SystemExit(f"unknown engine {cfg.engine!r} (sim | torch | vllm)")

@@ -29,7 +29,8 @@ class VllmEngineConfig:
     kv_cache_space_gib: float = 1.0  # VLLM_CPU_KVCACHE_SPACE
     omp_threads_bind: str = ""  # VLLM_CPU_OMP_THREADS_BIND ("0", "1", "0-3", "auto")
     enforce_eager: bool = True
-    device: str = "cpu"
+    device: str = "cpu"  # "cuda" with the vllm GPU wheel (the platform is vLLM's own choice)
+    gpu_memory_utilization: float = 0.9  # GPU: share of its memory vLLM may take (2 per GPU: 0.4)
     model_name: str = ""  # reported name; default: the model spec
 
 
@@ -60,6 +61,7 @@ def engine_args(cfg: VllmEngineConfig, model_path: str, engine_id: str):
         enable_prefix_caching=cfg.enable_prefix_caching,
         num_gpu_blocks_override=num_gpu_blocks,
         enforce_eager=cfg.enforce_eager,
+        gpu_memory_utilization=cfg.gpu_memory_utilization,
         seed=cfg.seed,
         scheduling_policy="priority",
         async_scheduling=False,

@@ -105,13 +105,10 @@ class VllmEngine(Engine):
         self._conn = self._sched.connector
         self._worker_conn = get_kv_transfer_group()
         self._worker_conn.model_runner = _model_runner(core)
-        self._kv = KVBlockIO(self._worker_conn.layers)
+        self._kv = KVBlockIO(self._worker_conn.layers, self._pool.num_gpu_blocks)
         self._tasks = self._llm.get_supported_tasks()
         self.block_size = cfg.block_size
         self.num_blocks = self._pool.num_gpu_blocks - 1  # block 0 is vLLM's null block
-        if self._worker_conn.layers[0].shape[0] != self._pool.num_gpu_blocks:
-            raise RuntimeError(f"KV tensor {tuple(self._worker_conn.layers[0].shape)} does not "
-                               f"index {self._pool.num_gpu_blocks} blocks on dim 0")
         self.max_model_len = self._llm.model_config.max_model_len
         self.max_batch_size = cfg.max_batch_size
         self.model_name = cfg.model_name or cfg.model

@@ -79,7 +79,8 @@ def _reference(conn, model: str, prompts, max_tokens: int, env: dict) -> None:
     from vllm.inputs import TokensPrompt
 
     llm = LLM(model=model, dtype="float32", block_size=32, enforce_eager=True, seed=0,
-              max_model_len=4096, enable_prefix_caching=False, num_gpu_blocks_override=513)
+              max_model_len=4096, enable_prefix_caching=False, num_gpu_blocks_override=513,
+              gpu_memory_utilization=0.2)  # GPU: beside two test engines; CPU: unused
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
     conn.send([list(o.outputs[0].token_ids) for o in outs])
