@@ -26,10 +26,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from serving import BenchConfig, run_benchmark  # noqa: E402
 
+from llumnix_zmq.clock import SystemClock  # noqa: E402
 from llumnix_zmq.engine.base import EngineRequest  # noqa: E402
 from llumnix_zmq.engine.sim import SimConfig, SimEngine  # noqa: E402
 from llumnix_zmq.launch.local import ClusterSpec, LocalCluster  # noqa: E402
 from llumnix_zmq.protocol.messages import FinishReason, SamplingParams  # noqa: E402
+from llumnix_zmq.worker.pacing import StepPacer  # noqa: E402
 from llumnix_zmq.workload import WorkItem, build_workload  # noqa: E402
 
 
@@ -46,17 +48,17 @@ async def inprocess(items: list[WorkItem], profile: str, time_scale: float) -> d
     work = asyncio.Event()
     ttfts, e2es = [], []
 
-    async def engine_loop():  # paced like the worker's loop (against a deadline)
-        paced_until = 0.0
+    async def engine_loop():  # paced like the worker's loop (the same StepPacer)
+        pacer = StepPacer(SystemClock(), time_scale)
         while True:
             if not engine.has_work():
+                pacer.idle()
                 work.clear()
                 await work.wait()
                 continue
-            paced_until = max(paced_until, time.monotonic())
+            pacer.begin()
             res = engine.step()
-            paced_until += res.duration_s * time_scale
-            await asyncio.sleep(max(0.0, paced_until - time.monotonic()))
+            await asyncio.sleep(pacer.end(res.duration_s))
             now = time.monotonic()
             for d in res.deltas:
                 if d.token_ids and d.request_id not in first:

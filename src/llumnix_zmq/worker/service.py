@@ -53,6 +53,7 @@ from ..transport.rpc import RpcClient, RpcError
 from ..transport.sockets import bound_address, make_socket
 from .migration import MigrationCoordinator
 from .outputs import OutputSender
+from .pacing import StepPacer
 
 log = logging.getLogger(__name__)
 
@@ -281,12 +282,14 @@ class WorkerService:
     # --- the engine loop ----------------------------------------------------------------
     async def engine_loop(self, stop: asyncio.Event) -> None:
         """Check shutdown, step, emit. The sim engine's modelled step time is paced against a
-        deadline (``paced_until``): bookkeeping between steps (emitting, reports, handlers)
-        overlaps the modelled device time as it would on a GPU, instead of adding to it."""
+        deadline (``pacing.StepPacer``): bookkeeping between steps (emitting, reports,
+        handlers) overlaps the modelled device time as it would on a GPU, instead of adding
+        to it."""
         loop = asyncio.get_running_loop()
-        paced_until = 0.0
+        pacer = StepPacer(SystemClock(), self.cfg.time_scale)
         while not stop.is_set():
             if not self.engine.has_work():
+                pacer.idle()
                 if self.draining and self.stop_when_empty and not self.frontend_of:
                     log.info("drained: stopping")
                     stop.set()
@@ -297,7 +300,7 @@ class WorkerService:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            paced_until = max(paced_until, time.monotonic())  # no credit for idle time
+            pacer.begin()
             async with self.engine_lock:
                 if self.executor is None:
                     result = self.engine.step()
@@ -309,8 +312,7 @@ class WorkerService:
                 # the emit below (the source's last token still goes to the frontend)
                 routes = {d.request_id: self.frontend_of.get(d.request_id) for d in result.deltas}
             if self.executor is None and self.cfg.time_scale > 0:
-                paced_until += result.duration_s * self.cfg.time_scale
-                await asyncio.sleep(max(0.0, paced_until - time.monotonic()))
+                await asyncio.sleep(pacer.end(result.duration_s))
             else:
                 await asyncio.sleep(0)
             self.emit(result.deltas, routes)
