@@ -129,7 +129,8 @@ def stream_ids(c, prompt, max_tokens: int, seed=None, move_at: int | None = None
 
 
 def test_two_vllm_workers_registered(cluster):
-    assert [m.id for m in client(cluster).models.list().data] == [SERVED]
+    models = [m.model_dump() for m in client(cluster).models.list().data]
+    assert [(m["id"], m["max_model_len"]) for m in models] == [(SERVED, 4096)]
     insts = instances(cluster)
     assert [i["id"] for i in insts] == ["worker-0", "worker-1"]
     assert all(i["blocks_total"] == 256 and i["state"] == "active" for i in insts), insts

@@ -104,7 +104,7 @@ class FrontendServer:
         self.check_api_key(request)
         return web.json_response({"object": "list", "data": [{
             "id": self.model_name, "object": "model", "created": 0, "owned_by": "llumnix-zmq",
-            "max_model_len": self.cfg.max_model_len}]})
+            "max_model_len": self.context_limit()}]})
 
     def tokenize(self, req: ParsedRequest) -> list[int]:
         if req.prompt_token_ids is not None:
