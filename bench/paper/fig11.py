@@ -4,13 +4,15 @@ generated power-law workloads and two real traces; llumnix vs INFaaS++ vs round-
     python bench/paper/fig11.py            # runs what is missing, then writes the table + plot
     python bench/paper/fig11.py --report   # only rebuild paper_fig11.md/.png from the JSON
 
-Rates: the paper's (128-128 at 32–36, 256-256 at 7.4–7.8, 512-512 at 2.6–3.0, 128-512 at
-4.1–4.3, 512-128 at 10–18 req/s), plus one rate per workload near our model's capacity where it
-differs from the paper's testbed: 22 and 27 req/s for 128-128 (ours saturates near 25), 10 for
-256-256, 4.2 for 512-512 and 5.0 for 128-512 (ours has room left at the paper's rates);
-Azure conv also at 5.5 req/s (its recorded rate) and 7.5; ShareGPT (Poisson) and Azure conv (its
-recorded arrivals, rescaled) at rates near our cluster's capacity. 10,000 requests per point
-for 128-128 and 512-128, 5,000 for the longer workloads (CPU time; the paper uses 10,000).
+Lengths: the Llumnix artifact's generator (``artifact-zipf``: zipf over ranks 1..2·mean−1 with
+alpha 2.0/1.5/1.15 for means 128/256/512, rescaled to the mean, capped at 6,144).
+Rates: the paper's ends (128-128 at 32 and 36, 256-256 at 7.4 and 7.8, 512-512 at 2.6 and 3.0,
+128-512 at 4.1 and 4.3, 512-128 at 10 and 18 req/s), plus the paper's top rate × 1.12 for each
+generated workload: our 16 simulated A10s saturate 128-128 near 40 req/s, ~12% above the
+paper's top rate, so ×1.12 is the same relative load as the paper's top rate on its testbed.
+ShareGPT (Poisson) at 20 and 26 req/s and Azure conv (its recorded arrivals, rescaled) at 5.5
+(its own rate) and 10 req/s. 10,000 requests per point for 128-128 (as the paper), 5,000
+for the others (CPU time).
 """
 
 from __future__ import annotations
@@ -23,14 +25,17 @@ from common import RESULTS, md_table, ms, ratio, run_points
 
 POLICIES = ("llumnix", "infaas++", "round-robin")
 TRACES = [  # (label, trace, arrival, rates, requests per point)
-    ("128-128", "zipf:128-128", "poisson", (22, 27, 32, 36), 10000),
-    ("256-256", "zipf:256-256", "poisson", (7.4, 7.6, 7.8, 10), 5000),
-    ("512-512", "zipf:512-512", "poisson", (2.6, 2.8, 3.0, 4.2), 5000),
-    ("128-512", "zipf:128-512", "poisson", (4.1, 4.2, 4.3, 5.0), 5000),
-    ("512-128", "zipf:512-128", "poisson", (10, 14, 18), 10000),
+    ("128-128", "artifact-zipf:128-128", "poisson", (32, 36, 40), 10000),
+    ("256-256", "artifact-zipf:256-256", "poisson", (7.4, 7.8, 8.7), 5000),
+    ("512-512", "artifact-zipf:512-512", "poisson", (2.6, 3.0, 3.4), 5000),
+    ("128-512", "artifact-zipf:128-512", "poisson", (4.1, 4.3, 4.8), 5000),
+    ("512-128", "artifact-zipf:512-128", "poisson", (10, 18, 20), 5000),
     ("ShareGPT", "sharegpt", "poisson", (20, 26), 5000),
-    ("Azure conv", "azure", "trace", (5.5, 7.5, 10, 13), 5000),
+    ("Azure conv", "azure", "trace", (5.5, 10), 5000),
 ]
+# rates the paper itself ran (the others are ours: paper top × 1.12, or trace rates)
+PAPER_RATES = {"128-128": (32, 36), "256-256": (7.4, 7.8), "512-512": (2.6, 3.0),
+               "128-512": (4.1, 4.3), "512-128": (10, 18)}
 OUT = RESULTS / "paper_fig11.json"
 # The paper's headline numbers for Figure 11 (llumnix vs INFaaS++, best case over all points).
 PAPER = {"p99_prefill": 14.8, "mean_prefill": 7.7, "p99_decode": 2.0}
@@ -79,14 +84,21 @@ def report(res: dict) -> str:
         if not v:
             continue
         best, where = v[-1]
+        at_paper = [(x, w) for x, w in v if _at_paper_rate(w)]
+        pbest = f"{at_paper[-1][0]:.1f}x ({at_paper[-1][1]})" if at_paper else "-"
         med = v[len(v) // 2][0]
         worse = [w for x, w in v if x < 0.95]
-        srows.append([name, f"{PAPER[k]}x", f"{best:.1f}x ({where})", f"{med:.1f}x",
+        srows.append([name, f"{PAPER[k]}x", pbest, f"{best:.1f}x ({where})", f"{med:.1f}x",
                       f"{len(v) - len(worse)} / {len(v)}", ", ".join(worse) or "-"])
-    summary = md_table(["llumnix vs INFaaS++", "paper: up to", "ours: up to (where)",
-                        "ours: median over points", "points not worse", "points where worse"],
-                       srows)
+    summary = md_table(["llumnix vs INFaaS++", "paper: up to", "ours at the paper's rates: up to",
+                        "ours, all points: up to (where)", "ours: median over points",
+                        "points not worse", "points where worse"], srows)
     return summary + "\n\n" + md_table(head, rows)
+
+
+def _at_paper_rate(where: str) -> bool:
+    label, rate = where.rsplit("@", 1)
+    return float(rate) in PAPER_RATES.get(label, ())
 
 
 def plot(res: dict, path) -> None:
@@ -132,39 +144,34 @@ def main(argv=None) -> int:
 
 HEADER = """# Figure 11: 16 LLaMA-7B/A10 instances, llumnix (L) vs INFaaS++ (I) vs round-robin (RR)
 
-Simulated with `llumnix-zmq sim` (profile llama-7b-a10, 862 blocks of 16 tokens per instance,
-10,000 requests per point for 128-128 and 512-128, 5,000 for the others, seed 1);
-regenerate with `python bench/paper/fig11.py`.
-Ratios are INFaaS++ / llumnix (higher = llumnix better).
+Simulated with `llumnix-zmq sim` (profile llama-7b-a10, 862 blocks of 16 tokens per instance;
+lengths from the Llumnix artifact's generator, `artifact-zipf`; 10,000 requests per point for
+128-128, 5,000 for the others; seed 1); regenerate with `python bench/paper/fig11.py`
+(`--report` rebuilds this page from paper_fig11.json). Ratios are INFaaS++ / llumnix (higher =
+llumnix better). Rates: the paper's two ends per generated workload, plus the paper's top rate
+× 1.12 (same relative load: our 128-128 saturates near 40 req/s, the paper's top is 36).
 
 """
 
 NOTES = """
 ## Reading the numbers (ours vs the paper)
 
-- Where our model sits relative to capacity decides everything. llumnix's gains appear in the
-  band just below saturation, where INFaaS++ falls into a preemption storm (vLLM-style
-  recompute of the newest request when a growing one needs a block; e.g. 512-512 at 3.0 req/s:
-  11,454 preemptions for INFaaS++, 233 for llumnix) while llumnix's de-fragmentation and
-  load-balancing migrations keep the head-of-line requests admitted. There our ratios exceed
-  the paper's (up to 609x P99 prefill, 8.5x P99 decode). Well below capacity every load-aware
-  policy is equal (256-256 at 7.4, Azure at 5.5: 1.0x); far beyond it queues grow without bound
-  and the ratios shrink to 1–3x (128-128 at 32–36) or invert (Azure conv at 13, 0.8x).
-- Our calibrated A10 profile and the lead's bounded power-law generator do not put the paper's
-  rates at the paper's relative load: 128-128 at 32–36 req/s is far past our capacity (~25
-  req/s), while 256-256 at 7.4–7.8 and 512-512 at 2.6 still have room. The Llumnix artifact
-  draws lengths from a zipf over ranks 1..2·mean (alpha 2.0/1.5/1.15 for means 128/256/512),
-  rescaled to the mean and capped at 6,144; ours is a power law on 1..6,144 with the exponent
-  solved for the mean — a different tail per mean. Hence the extra rates (22/27 for 128-128,
-  10 for 256-256, 4.2 for 512-512, 5.0 for 128-512).
-- The median ratio over all 25 points is 1.5x (P99 prefill), 1.3x (mean prefill) and 1.8x
-  (P99 decode): llumnix is rarely worse, and where it is (P99 decode under deep overload, the
-  prefill-bound Azure trace) the cause is migrations competing with an already saturated
-  cluster (many attempts abort for lack of room on the destination: pairing does not know the
-  size of the request the source will pick).
-- The sim's prefill-only steps have no fixed cost (profile llama-7b-a10 has b = 0), so a short
-  prompt on an idle instance gets its first token in well under a millisecond; this lowers
-  every policy's TTFT at light load equally.
+- At the paper's own rates and lengths llumnix beats the paper's headline ratios where the
+  cluster is loaded: 512-512 at 3.0 req/s (the paper's top rate) is where INFaaS++ falls into a
+  preemption storm (vLLM-style recompute of the newest request when a growing one needs a
+  block) while llumnix's de-fragmentation and load-balancing migrations keep the head-of-line
+  requests admitted.
+- Where the paper's rate leaves our simulated cluster with room (256-256, 512-128, 128-128 at
+  32–36, the light Azure point) every load-aware policy is equal (~1.0x): nothing to win on
+  prefill. Our latency model has more capacity than the paper's testbed on those workloads
+  (prefill has no fixed cost, b = 0 in the A10 profile, and prefill chunks share steps with
+  decodes as in today's vLLM, where the paper's vLLM 0.1 ran prefill-only steps), so the
+  paper's rates are lighter load for us there; the × 1.12 points show where that holds.
+- Migration pairing now knows the size of what the source can send: a destination is paired
+  only if its room (M − ΣV, less 2 blocks of growth) fits the source's smallest movable
+  request, and the source picks among the requests that fit. Before, at 128-128 40 req/s,
+  152 of 428 migrations aborted for lack of room and llumnix's P99 prefill was 15.8 s; now 0
+  aborts and 0.8 s (10,000 requests).
 """
 
 if __name__ == "__main__":

@@ -46,26 +46,30 @@ def test_load_balance_most_loaded_with_least_loaded():
     assert [freeness(i.load, CFG) for i in (A, B, C, D, E)] == [1.0, 2.5, 50.0, 80.0, 5.0]
     pairs = pair_migrations([C, B, E, D, A], CFG, NOW)
     assert pairs == [
-        MigrationPair("A", "D", "load-balance", 1, 1.0, 80.0),
-        MigrationPair("B", "C", "load-balance", 1, 2.5, 50.0),
+        MigrationPair("A", "D", "load-balance", 1, 1.0, 80.0, 78),
+        MigrationPair("B", "C", "load-balance", 1, 2.5, 50.0, 48),
     ]
 
 
 def test_more_sources_than_destinations_leaves_the_rest():
+    pairs = pair_migrations([A, B, D, E], CFG, NOW)
+    assert [(p.source_id, p.destination_id) for p in pairs] == [("A", "D")]
+    # C's room (48) is one block short for A's smallest request (49): B, next, takes C
     pairs = pair_migrations([A, B, C, E], CFG, NOW)
-    assert [(p.source_id, p.destination_id) for p in pairs] == [("A", "C")]
+    assert [(p.source_id, p.destination_id) for p in pairs] == [("B", "C")]
     assert pair_migrations([A, B, E], CFG, NOW) == []
 
 
 def test_defrag_blocked_head_of_line():
-    # 90 used, 10 free, head-of-line needs 20: F = (100 - 90 - 20) / 1 = -10
-    s = inst("S", req("r", 90), req("w1", 20, running=False), req("w2", 1, running=False))
-    assert freeness(s.load, CFG) == -10.0
+    # 90 used, 10 free, head-of-line needs 20: F = (100 - 90 - 20) / 2 = -5
+    s = inst("S", req("r1", 60), req("r2", 30), req("w1", 20, running=False),
+             req("w2", 1, running=False))
+    assert freeness(s.load, CFG) == -5.0
     assert pair_migrations([s, D], CFG, NOW) == [
-        MigrationPair("S", "D", "defrag", 1, -10.0, 80.0)
+        MigrationPair("S", "D", "defrag", 1, -5.0, 80.0, 78)
     ]
     # a waiting request that fits the free blocks is not defrag
-    s2 = inst("S2", req("r", 90), req("w", 8, running=False))  # F = 2.0
+    s2 = inst("S2", req("r1", 45), req("r2", 45), req("w", 8, running=False))  # F = 1.0
     assert pair_migrations([s2, D], CFG, NOW)[0].reason == "load-balance"
 
 
@@ -73,12 +77,12 @@ def test_priority_source():
     # 95 running blocks + 4 headroom = 99: F = 0.5
     p = inst("P", req("h", 40, high=True), req("n", 55))
     assert pair_migrations([p, D], CFG, NOW) == [
-        MigrationPair("P", "D", "priority", 1, 0.5, 80.0)
+        MigrationPair("P", "D", "priority", 1, 0.5, 80.0, 78)
     ]
     # llumnix-base: no headroom (F = 2.5), no priority reason
     base = PolicyConfig(dispatch_policy="llumnix-base")
     assert pair_migrations([p, D], base, NOW) == [
-        MigrationPair("P", "D", "load-balance", 1, 2.5, 80.0)
+        MigrationPair("P", "D", "load-balance", 1, 2.5, 80.0, 78)
     ]
     # only HIGH requests on it: nothing NORMAL to move off -> load-balance
     only_high = inst("PH", req("h1", 45, high=True), req("h2", 45, high=True))  # F = -1.0
@@ -88,12 +92,12 @@ def test_priority_source():
 def test_drain_sources_first_and_move_everything():
     dr = inst("DR", req("x", 5), req("y", 5), req("z", 1), draining=True)  # would be F = 44.5
     st = inst("ST", req("x", 5), state=InstanceState.DRAINING)
-    s = inst("S", req("r", 90), req("w1", 20, running=False))  # F = -10
+    s = inst("S", req("r1", 60), req("r2", 30), req("w1", 20, running=False))  # F = -5
     pairs = pair_migrations([s, C, D, st, dr, inst("F", req("f", 10))], CFG, NOW)
     assert pairs == [
-        MigrationPair("DR", "F", "drain", 3, -math.inf, 90.0),
-        MigrationPair("ST", "D", "drain", 1, -math.inf, 80.0),
-        MigrationPair("S", "C", "defrag", 1, -10.0, 50.0),
+        MigrationPair("DR", "F", "drain", 3, -math.inf, 90.0, 88),
+        MigrationPair("ST", "D", "drain", 1, -math.inf, 80.0, 78),
+        MigrationPair("S", "C", "defrag", 1, -5.0, 50.0, 48),
     ]
     # a draining instance with nothing running has nothing to migrate
     empty = inst("DE", req("w", 3, running=False), draining=True)
@@ -110,17 +114,18 @@ def test_stale_dead_and_in_flight_are_left_out():
         inst("busy-dst", total=1000, mig_in=1),
         inst("recv-src", req("r", 99), mig_in=1),
         A,
-        C,
-        inst("edge", req("r", 98), age=1.0),  # exactly at the staleness limit: fresh, F = 2.0
+        inst("C2", req("c", 40)),  # F = 60, room 58
+        # exactly at the staleness limit: fresh, F = 2.0
+        inst("edge", req("r1", 49), req("r2", 47), age=1.0),
     ]
     pairs = pair_migrations(table, CFG, NOW)
-    assert [(p.source_id, p.destination_id) for p in pairs] == [("A", "C")]
+    assert [(p.source_id, p.destination_id) for p in pairs] == [("A", "C2")]
     pairs = pair_migrations(table + [D], CFG, NOW)
-    assert [(p.source_id, p.destination_id) for p in pairs] == [("A", "D"), ("edge", "C")]
+    assert [(p.source_id, p.destination_id) for p in pairs] == [("A", "D"), ("edge", "C2")]
 
 
 def test_ties_ordered_by_id():
-    srcs = [inst(i, req("r", 99)) for i in ("s-10", "s-2")]
+    srcs = [inst(i, req("r1", 50), req("r2", 49)) for i in ("s-10", "s-2")]
     dsts = [inst(i, req("r", 10)) for i in ("d-10", "d-2")]
     pairs = pair_migrations(dsts + srcs, CFG, NOW)
     assert [(p.source_id, p.destination_id) for p in pairs] == [("s-2", "d-2"), ("s-10", "d-10")]
@@ -131,6 +136,25 @@ def test_baselines_never_migrate():
         assert pair_migrations([A, D], PolicyConfig(dispatch_policy=policy), NOW) == []
     forced = PolicyConfig(dispatch_policy="round-robin", enable_migration=True)
     assert len(pair_migrations([A, D], forced, NOW)) == 1
+
+
+def test_destination_too_small_for_the_request_is_skipped():
+    # G: F = (100 - 80) / 1 = 20 > 10 but room 20 - 2 = 18 blocks; H: room 78
+    big = inst("BIG", req("b1", 60), req("b2", 39))  # F = 0.5; smallest running request: 39
+    small = inst("SM", req("s1", 90), req("s2", 8))  # F = 1.0; smallest: 8
+    g = inst("G", req("g", 80))
+    pairs = pair_migrations([big, small, g], CFG, NOW)
+    # BIG is the most loaded, but nothing it runs fits G: it waits; SM takes G
+    assert pairs == [MigrationPair("SM", "G", "load-balance", 1, 1.0, 20.0, 18)]
+    pairs = pair_migrations([big, small, g, D], CFG, NOW)
+    assert pairs == [MigrationPair("BIG", "D", "load-balance", 1, 0.5, 80.0, 78),
+                     MigrationPair("SM", "G", "load-balance", 1, 1.0, 20.0, 18)]
+    # exactly room = need + margin fits
+    src = inst("SRC", req("a", 81), req("b", 18))  # F = 0.5, smallest 18 == G's room
+    assert pair_migrations([src, g], CFG, NOW)[0].max_blocks == 18
+    # a migrating request cannot be sent: the smallest *movable* one counts
+    busy = inst("BUSY", req("a", 90), RequestLoad("m", 1, running=True, migrating=True))
+    assert pair_migrations([busy, g], CFG, NOW) == []
 
 
 def test_random_tables_never_double_pair():
@@ -146,6 +170,7 @@ def test_random_tables_never_double_pair():
         ids = [p.source_id for p in pairs] + [p.destination_id for p in pairs]
         assert len(ids) == len(set(ids))
         for p in pairs:
+            assert p.max_blocks is not None and p.max_blocks >= 0
             assert p.source_freeness < CFG.migrate_out_threshold
             assert p.destination_freeness > CFG.migrate_in_threshold
         srcs = [p.source_freeness for p in pairs]

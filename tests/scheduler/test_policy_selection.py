@@ -60,3 +60,11 @@ def test_counts_and_duplicates():
 def test_unknown_policy():
     with pytest.raises(ValueError):
         select_requests(CANDS, 1, "random")
+
+
+def test_max_blocks_leaves_out_requests_too_big_for_the_destination():
+    # b (10 blocks) and d (8) are the shortest-running, but the destination has room for 8
+    assert ids("shortest-running", max_blocks=8) == ["d", "c", "a"]
+    assert ids("shortest-running", n=1, max_blocks=7) == ["c"]
+    assert ids("fewest-blocks", max_blocks=1) == []
+    assert ids("shortest-running", max_blocks=None) == ["b", "d", "c", "a"]

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from llumnix_zmq.workload import (
-    PAPER_CAP, WorkItem, ZipfLengths, build_workload, default_traces_dir, detect_format,
+    PAPER_CAP, ArtifactZipfLengths, WorkItem, ZipfLengths, build_workload, default_traces_dir, detect_format,
     gamma_arrivals, load_trace, parse_length_spec, poisson_arrivals, resolve_trace,
     trace_arrivals,
 )
@@ -115,7 +115,32 @@ def test_zipf_small_cap_and_bad_mean():
         ZipfLengths(5000).exponent  # above (1+6144)/2: no power law has that mean
 
 
+def test_artifact_zipf_exact_lengths():
+    # alpha 2.0 on ranks 1..255; draws 2,1,1,1,3,7,1,2,1,9,3,1 (mean 8/3) scaled by 128/(8/3) = 48
+    s = ArtifactZipfLengths(128).sample(12, np.random.default_rng(0))
+    assert s.tolist() == [96, 48, 48, 48, 144, 336, 48, 96, 48, 432, 144, 48]
+    # a mean without an artifact exponent (or a non-default cap) uses alpha 1.0
+    assert ArtifactZipfLengths(4, cap=20).alpha == 1.0
+    assert ArtifactZipfLengths(512).alpha == 1.15
+    assert ArtifactZipfLengths(4, cap=20).sample(6, np.random.default_rng(1)).tolist() == \
+        [3, 9, 2, 9, 2, 3]
+    with pytest.raises(ValueError):
+        ArtifactZipfLengths(12.5).sample(3, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("mean,alpha", [(128, 2.0), (256, 1.5), (512, 1.15)])
+def test_artifact_zipf_shape(mean, alpha):
+    s = ArtifactZipfLengths(mean).sample(20_000, np.random.default_rng(2))
+    assert ArtifactZipfLengths(mean).alpha == alpha
+    assert s.max() <= PAPER_CAP and abs(s.mean() - mean) / mean < 0.03  # capping lowers it
+    step = s.min()  # rank 1 -> one step; every length is ceil(rank * step_exact)
+    assert (s == step).mean() > {128: 0.5, 256: 0.3, 512: 0.15}[mean]
+
+
 def test_parse_length_spec():
+    s = parse_length_spec("artifact-zipf:128-512")
+    assert (s.kind, s.prompt_mean, s.output_mean) == ("artifact-zipf", 128, 512)
+    assert isinstance(s.samplers()[0], ArtifactZipfLengths)
     s = parse_length_spec("zipf:128-512")
     assert (s.kind, s.prompt_mean, s.output_mean, s.cap) == ("zipf", 128, 512, 6144)
     assert parse_length_spec("zipf:256-256:2048").cap == 2048

@@ -144,7 +144,7 @@ class SchedulerService:
         cid = next(self._command_ids)
         self._commands[cid] = _PendingCommand(requester, msg.command_id)
         order = MigrateCommand(cid, msg.source_id, msg.destination_id, dst.reg.address,
-                               msg.num_requests, msg.request_ids, msg.reason)
+                               msg.num_requests, msg.request_ids, msg.reason, msg.max_blocks)
         if not await self.router.send(src.identity, order):
             self._commands.pop(cid, None)
             return MigrateCommandReply(msg.command_id, False, (), "source unreachable")
@@ -174,7 +174,8 @@ class SchedulerService:
             infos = self.registry.infos(self.clock.now())
             for pair in self.decider.pairs(infos, self.clock.now()):
                 order = MigrateCommand(0, pair.source_id, pair.destination_id,
-                                       num_requests=pair.num_requests, reason=pair.reason)
+                                       num_requests=pair.num_requests, reason=pair.reason,
+                                       max_blocks=max(0, pair.max_blocks or 0))
                 await self.order_migration(order)
             await self.decider.autoscale(self, infos, self.clock.now())
 

@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-chunked-prefill", action="store_true")
     w = p.add_argument_group("workload")
     w.add_argument("--trace", default="zipf:128-128",
-                   help="zipf:IN-OUT | fixed:IN-OUT | azure | mooncake | sharegpt | FILE")
+                   help="zipf:IN-OUT | artifact-zipf:IN-OUT | fixed:IN-OUT | azure | mooncake | "
+                        "sharegpt | FILE")
     w.add_argument("--trace-format", choices=["azure", "mooncake", "sharegpt"], default=None)
     w.add_argument("--arrival", choices=["poisson", "gamma", "trace"], default="poisson")
     w.add_argument("--rate", type=float, default=None, help="req/s (trace: rescale to this rate)")

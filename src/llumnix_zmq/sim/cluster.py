@@ -244,7 +244,8 @@ class Simulation:
             return
         busy = src.migrating_ids
         cands = [c for c in src.engine.migration_candidates() if c.request_id not in busy]
-        for c in select_requests(cands, n, self.cfg.selection, reason=pair.reason):
+        for c in select_requests(cands, n, self.cfg.selection, reason=pair.reason,
+                                 max_blocks=pair.max_blocks):
             self._mig_ids += 1
             self.counts["migrations_started"] += 1
             self.migration_reasons[pair.reason] = self.migration_reasons.get(pair.reason, 0) + 1

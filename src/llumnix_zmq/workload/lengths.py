@@ -80,6 +80,47 @@ class ZipfLengths:
         return np.minimum(idx, len(cdf) - 1).astype(np.int64) + self.lo
 
 
+# The Llumnix artifact's exponents (benchmark/benchmark_serving.py, gen_random_response_lens):
+# keyed by the mean, valid with its 6,144-token range; any other mean uses 1.0 as it does.
+ARTIFACT_ALPHA = {128: 2.0, 256: 1.5, 512: 1.15, 1024: 1.0005}
+
+
+@dataclass(frozen=True)
+class ArtifactZipfLengths:
+    """The Llumnix artifact's "zipf" lengths, step for step:
+
+    1. draw ranks k in 1..2·mean−1 with P(k) ∝ k^-alpha (alpha from ``ARTIFACT_ALPHA``);
+    2. multiply every draw by mean / (the *sample's* mean) and round up;
+    3. cap at ``cap``.
+
+    So lengths are multiples of one step (~35 tokens for mean 128: 61% of requests get exactly
+    one step), the sample mean is ``mean`` before the cap (a little below after it), and the tail
+    reaches the cap only for means 128 and 256. Unlike :class:`ZipfLengths` the result depends
+    on the whole sample (step 2), as the artifact's does.
+    """
+
+    mean: int
+    cap: int = PAPER_CAP
+
+    @property
+    def alpha(self) -> float:
+        return ARTIFACT_ALPHA.get(int(self.mean), 1.0) if self.cap == PAPER_CAP else 1.0
+
+    def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        mean = int(self.mean)
+        if mean < 1 or mean != self.mean:
+            raise ValueError(f"artifact zipf needs an integer mean >= 1, got {self.mean}")
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+        ranks = np.arange(1, max(2 * mean, 2), dtype=np.float64)
+        p = ranks ** -self.alpha
+        cdf = np.cumsum(p / p.sum())
+        idx = np.minimum(np.searchsorted(cdf, rng.random(n), side="right"), len(ranks) - 1)
+        raw = ranks[idx]
+        scaled = np.ceil(raw * (mean / raw.mean())).astype(np.int64)
+        return np.minimum(scaled, self.cap)
+
+
 @dataclass(frozen=True)
 class FixedLengths:
     """Every request has exactly ``value`` tokens (handy for tests and micro-benchmarks)."""
@@ -92,20 +133,26 @@ class FixedLengths:
 
 @dataclass(frozen=True)
 class LengthSpec:
-    """Parsed ``"kind:IN-OUT[:CAP]"``, e.g. ``zipf:128-512`` or ``fixed:64-32``."""
+    """Parsed ``"kind:IN-OUT[:CAP]"``, e.g. ``zipf:128-512``, ``artifact-zipf:128-128`` or
+    ``fixed:64-32``."""
 
     kind: str
     prompt_mean: float
     output_mean: float
     cap: int = PAPER_CAP
 
-    def samplers(self) -> tuple[ZipfLengths | FixedLengths, ZipfLengths | FixedLengths]:
+    def samplers(self) -> tuple:
         if self.kind == "zipf":
             return ZipfLengths(self.prompt_mean, self.cap), ZipfLengths(self.output_mean, self.cap)
+        if self.kind == "artifact-zipf":
+            return (ArtifactZipfLengths(int(self.prompt_mean), self.cap),
+                    ArtifactZipfLengths(int(self.output_mean), self.cap))
         return FixedLengths(int(self.prompt_mean)), FixedLengths(int(self.output_mean))
 
 
-LENGTH_KINDS = ("zipf", "fixed")
+# zipf: power law on 1..cap with the exponent solved for the mean (ours);
+# artifact-zipf: the Llumnix artifact's generator (ranks 1..2·mean−1, rescaled, capped)
+LENGTH_KINDS = ("zipf", "artifact-zipf", "fixed")
 
 
 def is_length_spec(text: str) -> bool:

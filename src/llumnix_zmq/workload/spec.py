@@ -71,7 +71,8 @@ def build_workload(trace: str, n: int, rate: float | None = None, arrival: str =
                    max_output: int | None = None, traces_dir: str | None = None) -> list[WorkItem]:
     """Build ``n`` requests sorted by arrival.
 
-    trace: ``"zipf:IN-OUT[:CAP]"`` / ``"fixed:IN-OUT"``, a trace file path, or a short name
+    trace: ``"zipf:IN-OUT[:CAP]"`` / ``"artifact-zipf:IN-OUT"`` / ``"fixed:IN-OUT"``, a trace
+        file path, or a short name
         ``azure`` | ``mooncake`` | ``sharegpt`` (files in $LLUMNIX_TRACES_DIR or ../shared/traces).
     arrival: ``poisson`` | ``gamma`` (rate r, CV cv) | ``trace`` (recorded timestamps; ``rate``
         then rescales them to that mean rate). ``time_scale`` multiplies every offset.

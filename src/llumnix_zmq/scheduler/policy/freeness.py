@@ -41,6 +41,8 @@ class PolicyConfig:
     # The gap between the two keeps an instance from flipping between source and destination.
     migrate_out_threshold: float = 3.0
     migrate_in_threshold: float = 10.0
+    # a destination must have room (M − ΣV) for the request plus this many blocks of growth
+    migrate_room_margin_blocks: int = 2
     # auto-scaling keeps the average (clipped) freeness of ACTIVE instances in
     # [scale_out_threshold, scale_in_threshold]: below → launch one, above → drain one.
     scale_out_threshold: float = 10.0

@@ -13,7 +13,13 @@ Who takes part (everything else is left out of this round):
 | a source with no running request                   | out (nothing to migrate)          |
 
 Sources sorted by ascending F (most loaded first), destinations by descending F (least loaded
-first), ties by id; the i-th source pairs with the i-th destination. Since a source has
+first), ties by id. Each source in turn takes the first unused destination with *room* for the
+smallest request it could send: room = M − ΣV of the destination (its virtual free blocks),
+less ``cfg.migrate_room_margin_blocks`` (the request grows while it moves); a source whose
+smallest running request fits no destination is left out of this round. When every request fits,
+this is the i-th source with the i-th destination. The pair carries ``max_blocks`` = that room,
+and the source's selection skips requests larger than it (a destination too small for the
+request would only abort the migration for lack of space). Since a source has
 F < out ≤ in < F of a destination, no instance appears in two pairs.
 
 Reason of a pair (first that applies) and how many requests the source should move:
@@ -54,6 +60,8 @@ class MigrationPair:
     num_requests: int = 1
     source_freeness: float = 0.0
     destination_freeness: float = 0.0
+    # the largest request (KV blocks) the destination has room for; None: no limit
+    max_blocks: int | None = None
 
 
 def pair_migrations(
@@ -65,7 +73,7 @@ def pair_migrations(
     if not cfg.migration_enabled:
         return []
     sources: list[tuple[float, tuple, InstanceInfo, LoadSummary]] = []
-    dests: list[tuple[float, tuple, str]] = []
+    dests: list[tuple[float, tuple, str, int]] = []
     for info in instances:
         if info.state == InstanceState.DEAD or not is_fresh(info, cfg):
             continue
@@ -78,21 +86,33 @@ def pair_migrations(
             if s.num_running > 0:
                 sources.append((-math.inf, key, info, s))
             continue
-        f = (load.num_blocks_total - usage_blocks(s, cfg.effective_headroom)) / max(
-            s.num_running, 1
-        )
+        room = load.num_blocks_total - usage_blocks(s, cfg.effective_headroom)
+        f = room / max(s.num_running, 1)
         if f < cfg.migrate_out_threshold:
             if s.num_running > 0:
                 sources.append((f, key, info, s))
         elif f > cfg.migrate_in_threshold and info.state == InstanceState.ACTIVE:
-            dests.append((-f, key, info.instance_id))
+            dests.append((-f, key, info.instance_id, room - cfg.migrate_room_margin_blocks))
     sources.sort(key=lambda t: (t[0], t[1]))
     dests.sort(key=lambda t: (t[0], t[1]))
     pairs = []
-    for (f_src, _, info, s), (neg_f_dst, _, dst_id) in zip(sources, dests):
-        reason, n = _reason(info, s, cfg)
-        pairs.append(MigrationPair(info.instance_id, dst_id, reason, n, f_src, -neg_f_dst))
+    for f_src, _, info, s in sources:
+        need = _smallest_running(info)
+        for j, (neg_f_dst, _, dst_id, room) in enumerate(dests):
+            if room >= need:
+                del dests[j]
+                reason, n = _reason(info, s, cfg)
+                pairs.append(MigrationPair(info.instance_id, dst_id, reason, n, f_src, -neg_f_dst,
+                                           room))
+                break
     return pairs
+
+
+def _smallest_running(info: InstanceInfo) -> int:
+    """KV blocks of the smallest running request not already migrating (the least a source can
+    send); 0 when the report has no per-request detail."""
+    sizes = [r.num_blocks for r in info.load.requests if r.running and not r.migrating]
+    return min(sizes, default=0)
 
 
 def _reason(info: InstanceInfo, s: LoadSummary, cfg: PolicyConfig) -> tuple[str, int]:

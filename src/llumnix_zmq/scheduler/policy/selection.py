@@ -11,6 +11,7 @@
 Every order ends with request_id, so equal keys still give one answer. A pair whose reason is
 "priority" puts NORMAL requests first whatever the policy (moving the NORMAL neighbours off is
 what frees room for the HIGH ones). Duplicate request ids in ``candidates`` count once.
+``max_blocks`` (the pair's room on the destination) leaves out requests holding more blocks.
 
 Shortest-running is the default because a request that just started has the fewest blocks to
 copy, and because it matches the Llumnix artifact's LCR ("last come running") choice.
@@ -41,8 +42,9 @@ def select_requests(
     policy: str = DEFAULT_SELECTION,
     *,
     reason: str = "",
+    max_blocks: int | None = None,
 ) -> list[MigrationCandidate]:
-    """Up to ``n`` distinct candidates in the policy's order."""
+    """Up to ``n`` distinct candidates in the policy's order, none over ``max_blocks``."""
     try:
         key = SELECTION_POLICIES[policy]
     except KeyError:
@@ -51,7 +53,8 @@ def select_requests(
         return []
     unique: dict[str, MigrationCandidate] = {}
     for c in candidates:
-        unique.setdefault(c.request_id, c)
+        if max_blocks is None or c.num_blocks <= max_blocks:
+            unique.setdefault(c.request_id, c)
     if reason == "priority":
         ordered = sorted(unique.values(), key=lambda c: (c.priority != Priority.NORMAL, key(c)))
     else:
