@@ -48,7 +48,8 @@ SAMPLES: dict[type, m.Message] = {
     m.TokenBatch: m.TokenBatch("w1", 3, (
         m.TokenDelta("req-1", 4, (10, 11), m.FinishReason.NONE, 3),
         m.TokenDelta("req-2", 0, (), m.FinishReason.ERROR, 5, "boom", int(ErrorCode.INTERNAL)))),
-    m.MigrateCommand: m.MigrateCommand(12, "w1", "w2", "tcp://b:2", 3, ("r1", "r2"), "operator"),
+    m.MigrateCommand: m.MigrateCommand(12, "w1", "w2", "tcp://b:2", 3, ("r1", "r2"), "operator",
+                                         7),
     m.MigrateCommandReply: m.MigrateCommandReply(12, True, ("r1",), "ok"),
     m.ScaleOrder: m.ScaleOrder("w1", True, True),
     m.FrontendGone: m.FrontendGone("tcp://fe:1"),

@@ -166,6 +166,29 @@ async def test_source_choice_follows_the_policy(policy, want):
         await mesh.close()
 
 
+async def test_source_choice_skips_requests_too_big_for_the_destination():
+    """The scheduler's pair carries the destination's room (max_blocks): the source's choice
+    leaves out larger requests, whatever the policy prefers, and refuses when none fits."""
+    mesh = Mesh(policy="longest")
+    try:
+        a, b = mesh.node("A", num_blocks=256), mesh.node("B", num_blocks=256)
+        await a.add("big", PROMPT + PROMPT, sp(n=200))  # 60 tokens: 15+ blocks of 4
+        await mesh.run(until=lambda: len(a.tokens("big")) >= 1)
+        mesh.clock.advance(1.0)
+        await a.add("small", PROMPT[:6], sp(n=200))  # 6 + 1 tokens: 2 blocks of 4
+        await mesh.run(until=lambda: len(a.tokens("small")) >= 1)
+        too_small = MigrateCommand(1, "A", "B", "B", 1, (), "", max_blocks=1)
+        reply = await a.migration.start_command(too_small)
+        assert not reply.accepted and reply.request_ids == ()
+        fits = MigrateCommand(2, "A", "B", "B", 1, (), "", max_blocks=8)
+        assert (await a.migration.start_command(fits)).request_ids == ("small",)
+        await mesh.run(max_iters=3000)
+        assert len(mesh.stream("big")) == 200 and len(mesh.stream("small")) == 200
+        assert_clean(a, b)
+    finally:
+        await mesh.close()
+
+
 async def test_concurrent_migrations_both_ways_and_load_annotation(mesh):
     a, b = mesh.node("A", max_concurrent=3), mesh.node("B")
     for i in range(4):

@@ -284,6 +284,9 @@ class MigrateCommand(Message):
     num_requests: int = 1
     request_ids: tuple[str, ...] = ()
     reason: str = ""
+    # when the source chooses: only requests of at most this many KV blocks (the room the
+    # scheduler saw on the destination); 0: no limit
+    max_blocks: int = 0
 
 
 @dataclass(frozen=True)

@@ -214,7 +214,8 @@ class MigrationCoordinator:
         chosen, reasons = [], []
         if not msg.request_ids:
             picked = select_requests(cands.values(), min(msg.num_requests, capacity),
-                                     self.cfg.policy, reason=msg.reason)
+                                     self.cfg.policy, reason=msg.reason,
+                                     max_blocks=msg.max_blocks or None)
             return [(c.request_id, False, c.num_tokens) for c in picked], reasons
         for rid in dict.fromkeys(msg.request_ids):
             if len(chosen) >= capacity:
