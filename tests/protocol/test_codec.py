@@ -112,7 +112,7 @@ def test_wire_form_is_tag_then_msgpack_array(cls):
     body = msgpack.unpackb(frames[1], raw=False)
     assert isinstance(body, list)
     assert len(body) == len(cls.spec())
-    assert body == msg.to_wire()
+    assert frames[1] == msgpack.packb(msg.to_wire(), use_bin_type=True)  # tuples pack as arrays
 
 
 def test_exact_bytes_of_small_messages():

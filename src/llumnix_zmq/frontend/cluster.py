@@ -264,16 +264,29 @@ class Cluster:
                 log.warning("unexpected %s on the token socket", type(msg).__name__)
                 continue
             # first tokens first: a step's batch carries ~one token per running request, and a
-            # new request's TTFT should not wait behind everyone else's next token
-            for delta in sorted(msg.items, key=_not_first):
-                stream = self.streams.get(delta.request_id)
-                if stream is None:  # a copy nobody waits for (e.g. after a resume): stop it
-                    if delta.finish_reason == FinishReason.NONE:
-                        self.abort_on(msg.instance_id, delta.request_id, "no longer wanted")
-                    continue
-                before = len(stream.output_ids)
-                stream.on_delta(delta, msg.instance_id)
-                self.metrics.tokens.inc(len(stream.output_ids) - before)
+            # new request's TTFT should not wait behind everyone else's next token. The first
+            # tokens are applied, then their handlers run (they write the first SSE chunk)
+            # before the rest of the batch is applied.
+            first = [d for d in msg.items if d.start_index == 0]
+            if first and len(first) < len(msg.items):
+                self.apply_deltas(msg.instance_id, first)
+                await asyncio.sleep(0)
+                self.apply_deltas(msg.instance_id, [d for d in msg.items if d.start_index != 0])
+            else:
+                self.apply_deltas(msg.instance_id, msg.items)
+
+    def apply_deltas(self, instance_id: str, deltas) -> None:
+        applied = 0
+        for delta in deltas:
+            stream = self.streams.get(delta.request_id)
+            if stream is None:  # a copy nobody waits for (e.g. after a resume): stop it
+                if delta.finish_reason == FinishReason.NONE:
+                    self.abort_on(instance_id, delta.request_id, "no longer wanted")
+                continue
+            before = len(stream.output_ids)
+            stream.on_delta(delta, instance_id)
+            applied += len(stream.output_ids) - before
+        self.metrics.tokens.inc(applied)
 
     def on_moved(self, msg: RequestMoved) -> None:
         """A migration committed: the destination owns the request now (unless tokens from
@@ -291,6 +304,3 @@ class Cluster:
             lambda q: MigrateCommand(q, source, destination, "", num, request_ids, "admin"),
             timeout)
 
-
-def _not_first(delta) -> bool:
-    return delta.start_index != 0

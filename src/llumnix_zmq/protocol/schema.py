@@ -44,7 +44,12 @@ class Struct:
     _spec: ClassVar[tuple[tuple[str, Any, bool], ...]]  # (name, annotation, required)
 
     def to_wire(self) -> list[Any]:
-        return [_to_wire(getattr(self, name)) for name, _, _ in self.spec()]
+        plan = type(self).__dict__.get("_encode_cache")
+        if plan is None:
+            plan = tuple((name, _encoder(ann)) for name, ann, _ in self.spec())
+            type(self)._encode_cache = plan  # type: ignore[attr-defined]
+        return [getattr(self, name) if enc is None else enc(getattr(self, name))
+                for name, enc in plan]
 
     @classmethod
     def spec(cls) -> tuple[tuple[str, Any, bool], ...]:
@@ -69,19 +74,36 @@ class Struct:
         plan = cls.__dict__.get("_plan_cache")
         if plan is None:
             spec = cls.spec()
+            defaults = tuple(f.default for f in dataclasses.fields(cls))  # type: ignore[arg-type]
             plan = (sum(1 for _, _, req in spec if req),
-                    tuple((name, _compile(ann)) for name, ann, _ in spec))
+                    tuple((name, _compile(ann)) for name, ann, _ in spec),
+                    tuple(name for name, _, _ in spec), defaults)
             cls._plan_cache = plan  # type: ignore[attr-defined]
-        required, fields = plan
+        required, fields, names, defaults = plan
         if len(raw) < required:
             raise SchemaError(f"{cls.__name__}: {len(raw)} fields, needs {required}")
-        values = []
-        for (name, check), value in zip(fields, raw):
+        d = depth + 1
+        try:
+            if raw and d > limits.max_depth:
+                raise SchemaError("nested too deep")
+            values = [check(value, limits, d) for (_, check), value in zip(fields, raw)]
+        except SchemaError as exc:
+            first = exc
+        else:
+            # the frozen dataclass's __init__ sets fields one object.__setattr__ at a time; wire
+            # structs have no __post_init__ and plain defaults, so fill the instance directly
+            # (fields a newer peer appended are dropped; missing optional ones take defaults)
+            if len(values) < len(names):
+                values += defaults[len(values):]
+            obj = object.__new__(cls)
+            obj.__dict__.update(zip(names, values))
+            return obj
+        for (name, check), value in zip(fields, raw):  # again, to name the field at fault
             try:
-                values.append(check(value, limits, depth + 1))
+                check(value, limits, d)
             except SchemaError as exc:
                 raise SchemaError(f"{cls.__name__}.{name}: {exc}") from None
-        return cls(*values)
+        raise SchemaError(f"{cls.__name__}: {first}")
 
 
 def _to_wire(value: Any) -> Any:
@@ -94,6 +116,29 @@ def _to_wire(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _to_wire(v) for k, v in value.items()}
     return value
+
+
+def _encoder(ann: Any):
+    """How a field of type ``ann`` goes to msgpack: None when the value packs as it is (ints,
+    strings, bytes, floats, tuples/lists/dicts of those), else a converter."""
+    origin = typing.get_origin(ann)
+    if origin in (typing.Union, types.UnionType):
+        members = [_encoder(a) for a in typing.get_args(ann) if a is not type(None)]
+        return None if all(m is None for m in members) else _to_wire
+    if origin in (list, tuple):
+        item = _encoder(typing.get_args(ann)[0])
+        if item is None:
+            return None
+        return lambda value: [item(v) for v in value]
+    if origin is dict:
+        return None if all(_encoder(a) is None for a in typing.get_args(ann)) else _to_wire
+    if isinstance(ann, type) and issubclass(ann, Struct):
+        return ann.to_wire
+    if isinstance(ann, type) and issubclass(ann, enum.IntEnum):
+        return int  # what the decoder expects (msgpack would pack the enum as an int anyway)
+    if ann in (bool, int, float, str, bytes):
+        return None
+    return _to_wire
 
 
 _COMPILED: dict[Any, Any] = {}
@@ -145,6 +190,8 @@ def _build(ann: Any):
             if len(value) > limits.max_list:
                 raise SchemaError(f"list of {len(value)} exceeds {limits.max_list}")
             d = depth + 1
+            if value and d > limits.max_depth:
+                raise SchemaError("nested too deep")
             return tuple([item(v, limits, d) for v in value])
 
         return _depth_guard(check_list)
@@ -157,6 +204,8 @@ def _build(ann: Any):
             if len(value) > limits.max_list:
                 raise SchemaError("map too large")
             d = depth + 1
+            if value and d > limits.max_depth:
+                raise SchemaError("nested too deep")
             return {key_t(k, limits, d): val_t(v, limits, d) for k, v in value.items()}
 
         return _depth_guard(check_map)
@@ -175,21 +224,21 @@ def _build(ann: Any):
                 raise SchemaError(f"{value} is not a {ann.__name__}")
             return member
 
-        return _depth_guard(check_enum)
+        return check_enum
     if ann in (bool, int):
         def check_exact(value, limits, depth):
             if type(value) is not ann:
                 raise SchemaError(f"expected {ann.__name__}, got {type(value).__name__}")
             return value
 
-        return _depth_guard(check_exact)
+        return check_exact
     if ann is float:
         def check_float(value, limits, depth):
             if type(value) not in (float, int):
                 raise SchemaError(f"expected float, got {type(value).__name__}")
             return float(value)
 
-        return _depth_guard(check_float)
+        return check_float
     if ann is str:
         def check_str(value, limits, depth):
             if type(value) is not str:
@@ -198,7 +247,7 @@ def _build(ann: Any):
                 raise SchemaError(f"string of {len(value)} exceeds {limits.max_str}")
             return value
 
-        return _depth_guard(check_str)
+        return check_str
     if ann is bytes:
         def check_bytes(value, limits, depth):
             if type(value) is not bytes:
@@ -207,5 +256,5 @@ def _build(ann: Any):
                 raise SchemaError(f"bytes of {len(value)} exceed {limits.max_bytes}")
             return value
 
-        return _depth_guard(check_bytes)
+        return check_bytes
     raise SchemaError(f"unsupported annotation {ann!r}")
