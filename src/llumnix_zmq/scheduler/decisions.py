@@ -107,7 +107,10 @@ class Decider:
         log.info("autoscale %s (%s, avg F %s) %s", decision.action, decision.reason,
                  decision.average_freeness, decision.instance_id)
         if decision.action == "out":
-            self.pending_launches.add(self.launcher.launch())
+            for _ in range(decision.count):
+                self.pending_launches.add(self.launcher.launch())
+        elif decision.action == "undrain":
+            await service.set_draining(decision.instance_id, False, stop=False)
         else:
             await service.set_draining(decision.instance_id, True, stop=True)
 

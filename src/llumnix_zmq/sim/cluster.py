@@ -14,6 +14,8 @@ Events (all handlers below are ``_on_*``):
 |                |                                       | then AutoScaler.decide                 |
 | migration stage| per the cost model (sim/migration.py) | copy, suspend, commit or abort         |
 | activate       | launch + startup_delay_s              | a scaled-out instance joins            |
+|                |                                       | (an "undrain" reactivates a draining   |
+|                |                                       | instance at once: no startup delay)    |
 
 The scheduler sees only the last report of each instance (``SimInstance.info``), as the real
 one does; the llumlet side (selection, migration) reads its own engine directly.
@@ -70,7 +72,8 @@ class Simulation:
         self.end_time = 0.0
         self.done = False
         self.truncated = False  # stopped at max_sim_seconds with requests unfinished
-        self.counts = {"dispatch_retries": 0, "scale_out": 0, "scale_in": 0, "stopped": 0,
+        self.counts = {"dispatch_retries": 0, "scale_out": 0, "scale_in": 0, "undrain": 0,
+                       "stopped": 0,
                        "migrations_started": 0, "migrations_committed": 0}
         self.migration_outcomes: dict[str, int] = {}
         self.migration_reasons: dict[str, int] = {}
@@ -271,11 +274,20 @@ class Simulation:
     def _autoscale(self, now: float) -> None:
         d = self.scaler.decide(self._infos(), now, num_pending=self.pending_launches)
         if d.action == "out":
-            self.counts["scale_out"] += 1
-            inst = self._new_instance()
-            self.pending_launches += 1
+            for _ in range(d.count):
+                self.counts["scale_out"] += 1
+                inst = self._new_instance()
+                self.pending_launches += 1
+                self.queue.after(self.cfg.startup_delay_s, self._on_launched, inst)
             self._timeline()
-            self.queue.after(self.cfg.startup_delay_s, self._on_launched, inst)
+        elif d.action == "undrain":
+            inst = self.instances[d.instance_id]
+            if inst.phase is not Phase.DRAINING:
+                return
+            self.counts["undrain"] += 1
+            inst.phase = Phase.ACTIVE
+            inst.version += 1
+            inst.report()
         elif d.action == "in":
             inst = self.instances[d.instance_id]
             if inst.phase is not Phase.ACTIVE:

@@ -103,6 +103,7 @@ def result_dict(sim: Simulation, items: Sequence[WorkItem], wall: float) -> dict
         "dispatch_retries": sim.counts["dispatch_retries"],
         "scale_out": sim.counts["scale_out"],
         "scale_in": sim.counts["scale_in"],
+        "undrain": sim.counts["undrain"],
         "instances_stopped": sim.counts["stopped"],
         "instances_launched": len(sim.instances),
     })

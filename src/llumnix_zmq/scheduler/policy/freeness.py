@@ -43,13 +43,13 @@ class PolicyConfig:
     migrate_in_threshold: float = 10.0
     # a destination must have room (M − ΣV) for the request plus this many blocks of growth
     migrate_room_margin_blocks: int = 2
-    # auto-scaling keeps the average (clipped) freeness of ACTIVE instances in
-    # [scale_out_threshold, scale_in_threshold]: below → launch one, above → drain one.
+    # auto-scaling keeps the cluster's average freeness (autoscale.py: free blocks and requests
+    # summed over instances, as the artifact's avg_load) in [scale_out_threshold,
+    # scale_in_threshold]: below → launch, above (even without the victim) → drain one.
     scale_out_threshold: float = 10.0
     scale_in_threshold: float = 60.0
-    # F of each instance is clipped to ±freeness_clip before averaging (an idle instance has
-    # F = M, thousands, and would hide an overloaded one). None: 2 × the larger |threshold|
-    # (120 with the defaults). If set, it must exceed both |scale thresholds|.
+    # Formerly the clip of per-instance F in the autoscaler's mean; the aggregate average needs
+    # no clip. Kept (validated, unused by the policies) so existing configs still load.
     freeness_clip: float | None = None
     min_instances: int = 1
     max_instances: int = 1024
