@@ -171,6 +171,27 @@ def test_chunked_prefill_splits_prompt_across_steps():
     assert run.tokens["a"] == pseudo_tokens(list(range(40)), None, 0, 3)
 
 
+def test_chunked_prompt_waits_until_all_of_it_fits():
+    """A long prompt whose first chunk fits but whole prompt does not stays queued (visible to
+    the scheduler as waiting demand) instead of being admitted, preempting itself at its next
+    chunk and looping; it is admitted once the running request frees its blocks."""
+    e = make(num_blocks=12, block_size=4, max_num_batched_tokens=16)
+    e.add_request(req("short", 8, max_tokens=6))  # 2 blocks now, 4 at its end
+    run = Run(e)
+    run.step()
+    e.add_request(req("long", 44, max_tokens=2))  # 11 blocks; its first chunk (4) would fit
+    waiting = []
+    while "short" not in run.finish:
+        run.step()
+        waiting.append([(r.request_id, r.running) for r in e.load().requests])
+    assert all(w == [("short", True), ("long", False)] for w in waiting[:-1]), waiting
+    assert e.num_preemptions == 0 and "long" not in run.tokens
+    run.drain()
+    assert e.num_preemptions == 0
+    assert run.finish == {"short": (LENGTH, 6), "long": (LENGTH, 10)}  # (reason, step)
+    assert run.tokens["long"] == pseudo_tokens(list(range(44)), None, 0, 2)
+
+
 def test_unchunked_prefill_whole_prompts_and_oversized_alone():
     e = make(num_blocks=64, block_size=4, max_num_batched_tokens=16, chunked_prefill=False)
     e.add_request(req("a", 10, max_tokens=8))

@@ -17,6 +17,8 @@ the front), all under ``max_num_batched_tokens``. Blocks are allocated as positi
 | none is free                          | NORMAL running request (HIGH only if none):      |
 |                                       | blocks freed, outputs kept, front of the waiting |
 |                                       | queue; no admission in that step                 |
+| a waiting request's whole prompt does | it waits (head of line: nothing behind it is     |
+| not fit in the free blocks            | admitted), also with chunked prefill             |
 | all of a request's tokens computed    | sample the token at output index len(outputs)    |
 | token in stop_token_ids               | finish STOP (the stop token is the last output)  |
 | len(tokens) = prompt + max_tokens, or | finish LENGTH                                    |
@@ -268,7 +270,11 @@ class SimEngine(Engine):
             else:
                 return
             need = blocks_for_tokens(n, self.block_size)
-            if need > self._alloc.num_free:
+            # a chunked prompt is admitted only when all of it fits now: admitted on its first
+            # chunk's blocks alone, it would preempt itself at the next chunk (it is the most
+            # recently admitted), re-enter, and loop while looking "running" to the scheduler
+            whole = blocks_for_tokens(remaining, self.block_size) if chunked else need
+            if whole > self._alloc.num_free:
                 return
             q.popleft()
             r.blocks = self._allocate(need)
