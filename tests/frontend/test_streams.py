@@ -322,3 +322,20 @@ async def test_moved_to_keeps_ownership_against_the_sources_late_batch():
     assert s.instance_id == "dst" and s.output_ids == [97, 98, 99, 100]
     assert not s.moved_to("other", 2)  # stale notice: we already have tokens past 2
     assert s.instance_id == "dst"
+
+
+async def test_a_gap_left_by_a_dead_source_is_detectable_and_dropped():
+    """The source died after COMMIT with its last token unsent: the destination's tokens wait
+    behind a gap only the source could fill. The stream says so, and drops them for a re-run."""
+    s = make()
+    s.on_delta(delta(0, "ab"), "src")
+    assert not s.stalled_on("src")
+    s.on_delta(delta(3, "de"), "dst")  # token 2 ("c") never comes
+    assert s.stalled_on("src") and not s.stalled_on("dst")
+    assert s.instance_id == "dst"
+    s.drop_parked()
+    assert not s.stalled_on("src") and s.output_ids == list(b"ab")
+    s.on_delta(delta(2, "cd"), "w3")  # the re-run from 2 tokens on another instance
+    assert s.output_ids == list(b"abcd") and s.fed_by == "w3"
+    s.on_delta(delta(3, "de"), "dst")  # a late copy of the dropped batch: only the new tail
+    assert s.output_ids == list(b"abcde")

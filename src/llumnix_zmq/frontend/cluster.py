@@ -147,10 +147,20 @@ class Cluster:
             sock.close(linger=0)
         orphans = [s for s in self.streams.values() if s.instance_id == instance_id
                    and not s.finished]
+        # a migration's source that died after COMMIT but before its last tokens reached us:
+        # the destination runs on past a gap nobody can fill. Stop it there and re-run the
+        # request from the tokens we have (as for an orphan).
+        stalled = [s for s in self.streams.values() if s.instance_id != instance_id
+                   and s.stalled_on(instance_id)]
         log.warning("instance %s left the cluster; resuming %d in-flight requests elsewhere",
-                    instance_id, len(orphans))
+                    instance_id, len(orphans) + len(stalled))
         loop = asyncio.get_running_loop()
-        for s in orphans:
+        for s in stalled:
+            log.warning("%s: tokens %d.. were lost with %s; restarting it from there (it ran on "
+                        "%s)", s.request_id, len(s.output_ids), instance_id, s.instance_id)
+            self.abort_on(s.instance_id, s.request_id, "tokens lost with a dead instance")
+            s.drop_parked()
+        for s in orphans + stalled:
             loop.create_task(self.resume(s, instance_id))
 
     async def resume(self, stream: RequestStream, dead: str) -> None:

@@ -39,6 +39,7 @@ class RequestStream:
     text: str = ""  # detokenised output (cut at a stop string)
     emitted: int = 0  # characters of ``text`` handed to the client
     ids_emitted: int = 0  # ``output_ids`` handed to the client (return_token_ids)
+    fed_by: str = ""  # the instance whose delta was applied last (fills a gap, if any)
     end: StreamEnd | None = None
     stop_hit: bool = False
     first_token_at: float | None = None
@@ -78,8 +79,19 @@ class RequestStream:
         if delta.start_index > len(self.output_ids):
             self._park(delta)
             return
+        self.fed_by = instance_id or self.fed_by
         self._apply(delta)
         self._release()
+
+    def stalled_on(self, instance_id: str) -> bool:
+        """Tokens from another instance wait behind a gap that only ``instance_id`` (the last
+        to feed us, e.g. a migration's source) could fill: if it died, they never come."""
+        return bool(self._pending) and not self.finished and self.fed_by == instance_id
+
+    def drop_parked(self) -> None:
+        """Forget deltas waiting behind a gap (the request is re-run from what we have)."""
+        self._pending.clear()
+        self._newest = len(self.output_ids)
 
     def moved_to(self, instance_id: str, start_index: int) -> bool:
         """A committed migration: ``instance_id`` owns the request from output ``start_index``
