@@ -150,14 +150,20 @@ L-h64 = llumnix with a 64-block headroom. Ratios: base / variant (higher = varia
 NOTES = """
 ## Reading the numbers
 
-- Rerun after the pairing change (a destination must have room for the source's smallest
-  movable request); the workload is the paper's (zipf 128-128, Gamma CV 2–8, 10% HIGH), not
-  the artifact-zipf 512-512 lengths of Figure 14. Rate mapping: our A10 model saturates near
-  25 req/s on 128-128 (the paper's testbed near 35), so the paper's 26 req/s is past our
-  capacity and 18 req/s is the comparable operating point.
-- At 26 req/s llumnix's HIGH P99 prefill is 6–88x better than llumnix-base (paper: 3.6–10x),
-  and 23–66x with a 64-block headroom. Most of it comes from the engines serving HIGH first:
-  with priority-blind engines the scheduler's headroom alone (L-sched) gives 1.0–1.7x.
+- Rerun after the engine change (a chunked-prefill prompt is admitted only when all of it fits
+  in free KV blocks; before, a long prompt was admitted on its first chunk and preempted itself
+  at each next chunk) and the pairing change (a destination must have room for the source's
+  smallest movable request). The workload is the paper's (zipf 128-128, Gamma CV 2–8, 10%
+  HIGH), not the artifact-zipf 512-512 lengths of Figure 14. Rate mapping: our A10 model
+  saturates near 25 req/s on 128-128 (the paper's testbed near 35), so the paper's 26 req/s is
+  past our capacity and 18 req/s is the comparable operating point.
+- At 26 req/s llumnix's HIGH P99 prefill is 5.7–47x better than llumnix-base (paper: 3.6–10x).
+  Most of it comes from the engines serving HIGH first: with priority-blind engines the
+  scheduler's headroom alone (L-sched) gives 1.0–1.8x. A 64-block headroom (L-h64) gives
+  2.6–13x, less than the default 4 blocks at CV 2–6 (about equal at CV 8). With the engine
+  change the overloaded cluster preempts about half as often as before (400–580 preemptions
+  per run, was 860–1,800) and every variant's overall P99 prefill fell from 99–176 s to
+  67–109 s.
 - At 18 req/s the cluster has room and there is nothing to win on prefill: every variant's
   HIGH P99 prefill is the prefill time of the longest prompts (~1 s). HIGH P99 decode is then
   0.4–0.6x (worse) with llumnix: it is the 10th-worst of ~1,000 HIGH requests, set by short
