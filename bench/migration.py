@@ -29,9 +29,21 @@ Figures per method and length:
   lengths a decode step itself takes a second or more on two cores);
 - total_ms: MigrateCommand → DONE (recompute: = downtime);
 - slowdown: median inter-token gap of the background requests during the migration / before.
-transfer_gbps: bytes / time of the largest staged pre-copy round (export, ZeroMQ, import,
-ACKs, all pipelined); raw_zmq_gbps: DEALER → ROUTER over ipc with the same 8 MiB frames,
-copy=False, in the same process and loop.
+
+Bandwidth, at the longest length (both measured in this run, in this process, on this loop):
+- transfer_gbps: a blocking copy's KV bytes / data-plane time, from the first export on the
+  source (request suspended, lock held) to the last stage imported into the destination's
+  cache (``SourceMigration.final_started_at`` → the destination session's ``imported_at``):
+  export (gather into a reused send buffer), ZeroMQ, import (one copy per frame), ACKs and the
+  ``window`` flow control, all pipelined. COMMIT and import_request are not in it. Best of
+  the blocking copies at that length (the table's, plus ``--transfer-reps`` more).
+- raw_zmq_gbps: the same bytes in the same parts, as PRE_ALLOC-shaped messages ``[tag][msgpack
+  header][one frame]`` sent copy=False from a DEALER to a ROUTER over ipc, made by the same
+  socket factory in the same context (so the same libzmq I/O thread carries both ends, as
+  in the transfer) and event loop; the receiver takes them copy=False and drops them. Best of
+  three runs at start and one before and after each extra blocking copy.
+- paired_ratio_median: each extra copy / the mean of the raw runs just before and after it
+  (the machine's load drifts within seconds; best-of ratios can flatter either side).
 
     python bench/migration.py [--lengths 256,512,1024,2048,4096,8192] [--budget-s 540]
 
@@ -109,11 +121,14 @@ class Bench:
 
     async def collect(self):
         from llumnix_zmq.protocol.codec import decode
+        from llumnix_zmq.protocol.messages import TokenBatch
 
         while True:
             frames = await self.pull.recv_multipart()
             now = time.monotonic()
             msg, _ = decode(frames)
+            if not isinstance(msg, TokenBatch):  # RequestMoved: the source's hand-over notice
+                continue
             for d in msg.items:
                 for i in range(len(d.token_ids)):
                     self.tokens.setdefault(d.request_id, []).append(
@@ -133,6 +148,7 @@ class Bench:
             if s.executor is not None:
                 s.executor.shutdown(wait=True)
         self.pull.close(linger=0)
+        await asyncio.sleep(0.05)  # the output watchers' cancelled tasks close their monitors
         self.ctx.term()
 
     # --- requests --------------------------------------------------------------------------
@@ -187,10 +203,10 @@ class Bench:
             await s.abort(rid, "bench done")
 
     # --- one measurement --------------------------------------------------------------------
-    async def measure(self, method: str, length: int, bg: list[str]) -> dict:
+    async def measure(self, method: str, length: int, bg: list[str], tag: str = "") -> dict:
         from llumnix_zmq.protocol.messages import MigrateCommand
 
-        rid = f"{method}-{length}"
+        rid = f"{method}{tag}-{length}"
         await self.plant(rid, length)
         await self.wait(lambda: self.count(rid) >= 2, 600)
         t_cmd = time.monotonic()
@@ -249,44 +265,74 @@ class Bench:
             if method == "staged":
                 self.rounds[length_of(rid)] = m.round_stats
             else:
-                self.blocking[length_of(rid)] = (m.bytes_sent, down)
+                self.transfers.setdefault(length_of(rid), []).append(self.transfer(rid, m))
         return {"downtime_ms": down * 1e3, "total_ms": total * 1e3,
                 "gap_ms": (first_dst - last_src) * 1e3,
                 "extra_gap_ms": (first_dst - last_src - normal) * 1e3,
                 "step_ms": normal * 1e3, "slowdown": during / normal if normal else None}
 
-    # --- raw ZeroMQ bandwidth ---------------------------------------------------------------
-    async def raw_zmq(self, frames: int = 48, repeat: int = 3) -> float:
-        """Best of ``repeat`` runs (a shared machine only ever slows a run down)."""
-        return max([await self._raw_once(frames) for _ in range(repeat)])
+    async def bracketed(self, length: int, bg: list[str], reps: int) -> list[float]:
+        """``reps`` blocking copies of ``length`` tokens, with a raw run before and after each
+        (the machine is shared: its load drifts within seconds). Returns the raw runs."""
+        raws = await self.raw_zmq(length, 1)
+        for i in range(reps):
+            await self.measure("blocking", length, bg, tag=f"rep{i}")
+            raws += await self.raw_zmq(length, 1)
+            self.transfers[length][-1]["raw_around_gbps"] = raws[-2:]
+        return raws
 
-    async def _raw_once(self, frames: int) -> float:
+    def transfer(self, rid: str, m) -> dict:
+        """The final round of a blocking copy (all of the request's blocks): bytes / (first
+        export on the source → last stage in the destination's cache)."""
+        s = next(s for s in reversed(self.dst.migration.dest.history) if s.request_id == rid)
+        secs = s.imported_at - m.final_started_at
+        return {"bytes": s.bytes_in, "parts": s.next_stage, "seconds": secs,
+                "gbps": s.bytes_in / secs / 1e9, "export_s": m.export_s,
+                "import_s": s.import_s}
+
+    # --- raw ZeroMQ bandwidth ---------------------------------------------------------------
+    async def raw_zmq(self, tokens: int, repeat: int = 3) -> list[float]:
+        """``repeat`` runs moving what the blocking copy of ``tokens`` tokens moves, framed
+        the same way."""
+        per_block = self.src.engine.kv_bytes_per_token * self.src.engine.block_size
+        per_part = PART // per_block
+        blocks = -(-tokens // self.src.engine.block_size)
+        parts = [min(per_part, blocks - i) * per_block for i in range(0, blocks, per_part)]
+        return [await self._raw_once(parts) for _ in range(repeat)]
+
+    async def _raw_once(self, parts: list[int]) -> float:
+        """``parts`` (bytes each) as PRE_ALLOC-shaped messages ``[tag][msgpack header][frame]``,
+        copy=False, from a DEALER to a ROUTER over ipc in this context (so the same libzmq I/O
+        thread) and event loop; the receiver takes each message with copy=False and drops it."""
         import numpy as np
         import zmq
 
+        from llumnix_zmq.protocol.codec import encode
+        from llumnix_zmq.protocol.messages import MigPreAlloc
         from llumnix_zmq.transport.sockets import make_socket
 
         self.raw_runs = getattr(self, "raw_runs", 0) + 1
         addr = f"ipc://{self.rundir}/raw{self.raw_runs}.sock"
         router = make_socket(self.ctx, zmq.ROUTER, addr, bind=True)
         dealer = make_socket(self.ctx, zmq.DEALER, addr, bind=False)
-        buf = np.ones(PART, dtype=np.uint8)
-        await dealer.send_multipart([b"x", b"warm", buf], copy=False)
+        buf = np.ones(max(parts), dtype=np.uint8)
+        head = encode(MigPreAlloc(1, "raw", "source", 0, 0, 0, 8192))
+        await dealer.send_multipart([*head, buf], copy=False)
         await router.recv_multipart(copy=False)
         t0 = time.monotonic()
 
         async def send():
-            for _ in range(frames):
-                await dealer.send_multipart([b"x", b"h", buf], copy=False)
+            for n in parts:
+                await dealer.send_multipart([*head, buf[:n]], copy=False)
 
         sender = asyncio.create_task(send())
-        for _ in range(frames):
+        for _ in parts:
             await router.recv_multipart(copy=False)
         await sender
         dt = time.monotonic() - t0
         router.close(linger=0)
         dealer.close(linger=0)
-        return frames * PART / dt / 1e9
+        return sum(parts) / dt / 1e9
 
 
 def length_of(rid: str) -> int:
@@ -318,51 +364,88 @@ def _extrapolate(points: dict[int, float], length: int) -> float:
 
 async def run(args) -> dict:
     b = Bench(args)
-    b.rounds, b.blocking = {}, {}
+    b.rounds, b.transfers = {}, {}
     await b.start()
     methods = {"staged": {}, "blocking": {}, "recompute": {}}
+    top = min(max(args.lengths), b.max_len)
     try:
-        raw = await b.raw_zmq()
-        print(f"raw ZeroMQ (ipc, 8 MiB frames, copy=False): {raw:.2f} GB/s", flush=True)
+        raw = await b.raw_zmq(top)
+        print(f"raw ZeroMQ ({top} tokens as the copy frames them): "
+              f"{', '.join(f'{x:.2f}' for x in raw)} GB/s", flush=True)
         recompute_ms: dict[int, float] = {}
         for length in args.lengths:
             eff = min(length, b.max_len)
             bg = await b.background(args.background, tag=str(length))  # fresh: bounded blocks
             for method in ("staged", "blocking", "recompute"):
-                left = args.budget_s - (time.monotonic() - b.t0)
-                if method == "recompute" and recompute_ms and \
-                        1.2 * _extrapolate(recompute_ms, eff) / 1e3 > left - 60:
-                    ms = _extrapolate(recompute_ms, eff)
-                    methods[method][str(length)] = {"downtime_ms": ms, "total_ms": ms,
-                                                    "extrapolated": True}
-                    print(f"{length:>6} {method:<9} extrapolated {ms:10.1f} ms", flush=True)
-                    continue
-                r = await b.measure(method, eff, bg)
-                r["tokens"] = eff
+                r = await _measure(b, args, method, length, eff, bg, recompute_ms)
                 methods[method][str(length)] = r
                 _save_partial(args, methods, raw)
-                if method == "recompute":
-                    recompute_ms[eff] = r["downtime_ms"]
-                print(f"{length:>6} {method:<9} downtime {r['downtime_ms']:9.1f} ms  total "
-                      f"{r['total_ms']:9.1f} ms  gap {r['gap_ms']:8.1f} ms  step "
-                      f"{r['step_ms']:7.1f} ms  slowdown {r['slowdown']:.2f}x", flush=True)
+            if eff == top:  # more copies of the longest, each between two raw runs
+                bg = await b.background(args.background, tag=f"{length}-rep")  # room again
+                raw += await b.bracketed(top, bg, args.transfer_reps)
+                _print_transfer(b.transfers[top], raw)
     finally:
         await b.close()
-    top = max(b.blocking) if b.blocking else 0
-    nbytes, secs = b.blocking.get(top, (0, 1.0))
+    return _summary(args, b, methods, raw, top)
+
+
+async def _measure(b, args, method, length, eff, bg, recompute_ms) -> dict:
+    """One method at one length (recompute extrapolated when it would overrun the budget)."""
+    left = args.budget_s - (time.monotonic() - b.t0)
+    if method == "recompute" and recompute_ms and \
+            1.2 * _extrapolate(recompute_ms, eff) / 1e3 > left - 60:
+        ms = _extrapolate(recompute_ms, eff)
+        print(f"{length:>6} {method:<9} extrapolated {ms:10.1f} ms", flush=True)
+        return {"downtime_ms": ms, "total_ms": ms, "extrapolated": True}
+    r = await b.measure(method, eff, bg)
+    r["tokens"] = eff
+    if method == "recompute":
+        recompute_ms[eff] = r["downtime_ms"]
+    print(f"{length:>6} {method:<9} downtime {r['downtime_ms']:9.1f} ms  total "
+          f"{r['total_ms']:9.1f} ms  gap {r['gap_ms']:8.1f} ms  step "
+          f"{r['step_ms']:7.1f} ms  slowdown {r['slowdown']:.2f}x", flush=True)
+    return r
+
+
+def _print_transfer(runs: list[dict], raw: list[float]) -> None:
+    for t in runs:
+        around = t.get("raw_around_gbps")
+        print(f"  transfer {t['bytes'] / 1e6:.0f} MB in {t['parts']} parts: "
+              f"{t['seconds'] * 1e3:.1f} ms = {t['gbps']:.2f} GB/s (export "
+              f"{t['export_s'] * 1e3:.1f} ms, import {t['import_s'] * 1e3:.1f} ms)"
+              + (f"; raw before/after {around[0]:.2f}/{around[1]:.2f} GB/s" if around else ""),
+              flush=True)
+    print(f"  raw ZeroMQ: {', '.join(f'{x:.2f}' for x in raw)} GB/s", flush=True)
+
+
+def _summary(args, b, methods, raw, top) -> dict:
+    runs = b.transfers.get(top, [])
+    best = max(runs, key=lambda t: t["gbps"]) if runs else {"gbps": 0.0}
+    paired = [t["gbps"] / statistics.mean(t["raw_around_gbps"]) for t in runs
+              if "raw_around_gbps" in t]
     rounds = [r for rs in b.rounds.values() for r in rs]
     pb, ps = max(rounds, key=lambda r: r[0]) if rounds else (0, 1.0)
-    return {"methods": methods, "transfer_gbps": nbytes / secs / 1e9, "raw_zmq_gbps": raw,
-            "transfer": {"what": "blocking copy at the longest length: bytes / (suspend -> "
-                                 "running on the destination), export + ZeroMQ + import",
-                         "tokens": top, "bytes": nbytes, "seconds": secs},
+    return {"methods": methods, "transfer_gbps": best["gbps"], "raw_zmq_gbps": max(raw),
+            "transfer_ratio": best["gbps"] / max(raw),
+            "paired_ratio_median": statistics.median(paired) if paired else None,
+            "transfer": {"what": "blocking copy at the longest length: KV bytes / (first "
+                                 "export on the source -> last stage imported into the "
+                                 "destination's cache); best of the runs",
+                         "tokens": top, "runs": runs,
+                         "median_gbps": statistics.median(t["gbps"] for t in runs) if runs
+                         else 0.0},
+            "raw_zmq": {"what": "the same bytes in the same parts as PRE_ALLOC-shaped "
+                                "messages, DEALER -> ROUTER over ipc, copy=False, same "
+                                "process, context and event loop; best of the runs",
+                        "runs_gbps": raw, "median_gbps": statistics.median(raw)},
             "precopy_gbps": pb / ps / 1e9,
             "precopy": {"what": "largest staged pre-copy round, paced by the source's decode "
                                 "steps (window parts per engine step)", "bytes": pb,
                         "seconds": ps},
             "setup": {"model": "SmolLM2-135M-Instruct fp32", "block_size": 16,
                       "background_requests": args.background, "cpus": os.cpu_count(),
-                      "processes": 1, "transport": "ipc", "part_bytes": PART}}
+                      "processes": 1, "transport": "ipc", "part_bytes": PART,
+                      "window": args.window}}
 
 
 def report(res: dict, out: Path) -> None:
@@ -385,11 +468,17 @@ def report(res: dict, out: Path) -> None:
                     f"{cell('staged', L, 'slowdown', '{:.2f}x')} | "
                     f"{cell('blocking', L, 'slowdown', '{:.2f}x')} |")
     rows.append("")
-    rows.append(f"Transfer (blocking copy, longest length, export + ZeroMQ + import): "
-                f"{res['transfer_gbps']:.2f} GB/s; staged pre-copy round (paced by decode "
-                f"steps): {res['precopy_gbps']:.2f} GB/s; "
-                f"raw ZeroMQ (ipc, same process): {res['raw_zmq_gbps']:.2f} GB/s "
-                f"({100 * res['transfer_gbps'] / res['raw_zmq_gbps']:.0f} %).")
+    t, r = res["transfer"], res["raw_zmq"]
+    rows.append(f"Transfer at {t['tokens']} tokens (blocking copy: first export on the source → "
+                f"last stage in the destination's cache): best {res['transfer_gbps']:.2f} GB/s "
+                f"(median {t['median_gbps']:.2f}, {len(t['runs'])} copies); raw ZeroMQ, the "
+                f"same bytes and frames over the same kind of socket in this process: best "
+                f"{res['raw_zmq_gbps']:.2f} GB/s (median {r['median_gbps']:.2f}, "
+                f"{len(r['runs_gbps'])} runs); best / best {100 * res['transfer_ratio']:.0f} %"
+                + (f", paired median {100 * res['paired_ratio_median']:.0f} %"
+                   if res.get("paired_ratio_median") else "")
+                + f". Staged pre-copy round (paced by decode steps): "
+                f"{res['precopy_gbps']:.2f} GB/s.")
     text = "\n".join(rows)
     print("\n" + text)
     (out / "migration.md").write_text("# Live migration: staged vs blocking vs recompute\n\n"
@@ -428,6 +517,8 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=540.0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--window", type=int, default=4, help="pre-copy parts per engine step")
+    p.add_argument("--transfer-reps", type=int, default=3,
+                   help="blocking copies of the longest length timed for transfer_gbps")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     args.lengths = [int(x) for x in args.lengths.split(",")]

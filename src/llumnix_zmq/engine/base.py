@@ -21,6 +21,7 @@ Migration hooks (used by worker/migration; the engine never talks to the network
     ------                                   -----------
     num_full_blocks(rid) -> k                reserve_blocks(n) -> ids | None
     export_blocks(rid, a, b) -> frames  ───> import_blocks(ids, frames)
+    (or export_blocks_into(rid, a, b, buf): the same, gathered into a reused send buffer)
     suspend(rid)  (stops decoding; keeps blocks)
     export_state(rid) -> RequestState   ───> import_request(state, all_ids)  (RUNNING, decodes on)
     remove_request(rid) (frees, no output)   release_blocks(ids)  (on abort: undo the reservation)
@@ -130,6 +131,13 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def export_blocks(self, request_id: str, start: int, end: int) -> list:
         """Contents of blocks [start, end) of the request's block table, as buffers."""
+
+    def export_blocks_into(self, request_id: str, start: int, end: int, buffer) -> list:
+        """``export_blocks``, gathering into ``buffer`` (a uint8 numpy array) where the engine
+        can, so the data plane reuses its send buffers; the frames may then be views of it.
+        The caller lends ``buffer`` until the destination has acknowledged the frames. By
+        default the buffer is not used."""
+        return self.export_blocks(request_id, start, end)
 
     @abc.abstractmethod
     def reserve_blocks(self, n: int) -> list[int] | None:

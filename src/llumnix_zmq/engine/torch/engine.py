@@ -206,15 +206,20 @@ class TorchEngine(Engine):
     def num_full_blocks(self, request_id: str) -> int:
         return self._seq(request_id).num_computed // self.block_size
 
-    def export_blocks(self, request_id: str, start: int, end: int, to_numpy: bool = True) -> list:
+    def export_blocks(self, request_id: str, start: int, end: int, to_numpy: bool = True,
+                      out=None) -> list:
         """[one contiguous [L, 2, n, bs, kv_heads, head_dim] buffer]: numpy (bfloat16 as its
-        int16 bit pattern) for the ZeroMQ path, or a device tensor with ``to_numpy=False``."""
+        int16 bit pattern) for the ZeroMQ path, gathered into ``out`` when given (see
+        ``export_blocks_into``), or a device tensor with ``to_numpy=False``."""
         blocks = self._seq(request_id).blocks
         if not 0 <= start <= end <= len(blocks):
             raise EngineError(f"block range [{start}, {end}) outside 0..{len(blocks)}")
         if start == end:
             return []
-        return [self.kv.export(blocks[start:end], to_numpy)]
+        return [self.kv.export(blocks[start:end], to_numpy, out)]
+
+    def export_blocks_into(self, request_id: str, start: int, end: int, buffer) -> list:
+        return self.export_blocks(request_id, start, end, out=buffer)
 
     def reserve_blocks(self, n: int) -> list[int] | None:
         if n < 0:

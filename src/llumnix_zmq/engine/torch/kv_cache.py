@@ -52,55 +52,113 @@ class KVCache:
         flat[1].index_copy_(0, slots, v)
 
     # ------------------------------------------------------------------ migration
-    def export(self, block_ids: list[int], to_numpy: bool = True):
-        """Blocks ``block_ids`` as one contiguous [L, 2, n, bs, h, d] buffer (numpy on CPU, or a
-        device tensor for a GPU data plane)."""
-        idx = torch.tensor(block_ids, dtype=torch.long, device=self.pool.device)
-        out = self.pool.index_select(2, idx).contiguous()
-        if not to_numpy:
-            return out
-        view_dtype, _ = _NUMPY_VIEW[self.dtype]
-        return out.cpu().view(view_dtype).numpy()
+    # On a CPU pool both directions copy with numpy, one strided slice copy per run of
+    # consecutive block ids: single-threaded on purpose (torch's OpenMP copies fell to ~0.1-1
+    # GB/s here whenever ZeroMQ's I/O thread or another process held one of the two cores),
+    # and a slice copy runs ~2x index_select's speed (10 vs 5 GB/s measured, one thread).
+
+    def export(self, block_ids: list[int], to_numpy: bool = True, out=None):
+        """Blocks ``block_ids`` as one contiguous [L, 2, n, bs, h, d] frame: a numpy array on
+        CPU, gathered into ``out`` (a uint8 array the caller reuses) when it is large enough, or
+        a device tensor (``to_numpy=False``) for a GPU data plane."""
+        view_dtype, np_dtype = _NUMPY_VIEW[self.dtype]
+        if not to_numpy or self.pool.device.type != "cpu":
+            idx = torch.tensor(block_ids, dtype=torch.long, device=self.pool.device)
+            t = self.pool.index_select(2, idx).contiguous()
+            return t if not to_numpy else t.cpu().view(view_dtype).numpy()
+        L, two, bs, h, d = self.block_shape
+        shape = (L, two, len(block_ids), bs, h, d)
+        frame = _view_of(out, shape, np_dtype)
+        host = self._host()
+        for j, a, m in _runs(block_ids):
+            np.copyto(frame[:, :, j:j + m], host[:, :, a:a + m])
+        return frame
 
     def import_(self, block_ids: list[int], frames: list) -> None:
-        """Scatter the frames' blocks into ``block_ids`` (in order): one copy per frame, straight
-        from the receive buffer into the pool (no staging copy, no concatenation)."""
-        tensors = [self._frame_tensor(f) for f in frames]
-        n = sum(t.shape[2] for t in tensors)
+        """Scatter the frames' blocks into ``block_ids`` (in order): one copy per frame and run
+        of consecutive ids, straight from the receive buffer into the pool (no staging copy, no
+        concatenation)."""
+        parts = [self._frame(f) for f in frames]
+        n = sum(p.shape[2] for p in parts)
         if n != len(block_ids):
             raise EngineError(f"import: frames hold {n} blocks, {len(block_ids)} block ids given")
         start = 0
-        for t in tensors:
-            k = t.shape[2]
-            idx = torch.tensor(block_ids[start:start + k], dtype=torch.long,
-                               device=self.pool.device)
-            self.pool.index_copy_(2, idx, t.to(self.pool.device))
+        for p in parts:
+            k = p.shape[2]
+            ids = block_ids[start:start + k]
+            if isinstance(p, np.ndarray):
+                host = self._host()
+                for j, a, m in _runs(ids):
+                    np.copyto(host[:, :, a:a + m], p[:, :, j:j + m])
+            else:
+                idx = torch.tensor(ids, dtype=torch.long, device=self.pool.device)
+                self.pool.index_copy_(2, idx, p.to(self.pool.device))
             start += k
 
-    def _frame_tensor(self, frame) -> torch.Tensor:
-        """A frame (numpy array, torch tensor, bytes-like) as [L, 2, n, bs, h, d] of our dtype."""
+    def _host(self) -> np.ndarray:
+        """The CPU pool as numpy (bfloat16 as int16), a view."""
+        return self.pool.view(_NUMPY_VIEW[self.dtype][0]).numpy()
+
+    def _frame(self, frame):
+        """A frame as [L, 2, n, bs, h, d] of our dtype: a numpy view of the receive buffer when
+        the pool is on CPU, else a torch tensor."""
+        if self.pool.device.type != "cpu":
+            arr = self._frame_tensor(frame)
+        elif not isinstance(frame, torch.Tensor):
+            arr = self._frame_array(frame)
+        elif frame.device.type == "cpu":
+            arr = self._frame_tensor(frame).view(_NUMPY_VIEW[self.dtype][0]).numpy()
+        else:
+            arr = self._frame_tensor(frame)
+        if arr.ndim != 6 or (arr.shape[0], arr.shape[1], *arr.shape[3:]) != self.block_shape:
+            raise EngineError(f"import: frame shape {tuple(arr.shape)} does not match {self.block_shape}")
+        return arr
+
+    def _frame_array(self, frame) -> np.ndarray:
+        """A numpy array or bytes-like frame as a numpy view of our (numpy) dtype."""
         L, two, bs, h, d = self.block_shape
-        view_dtype, np_dtype = _NUMPY_VIEW[self.dtype]
+        np_dtype = _NUMPY_VIEW[self.dtype][1]
+        if isinstance(frame, np.ndarray):
+            if frame.dtype != np_dtype:
+                raise EngineError(f"import: array dtype {frame.dtype}, expected {np.dtype(np_dtype)}")
+            return frame
+        try:
+            buf = memoryview(frame).cast("B")
+        except TypeError as exc:
+            raise EngineError(f"import: unsupported frame type {type(frame).__name__}") from exc
+        per_block = L * two * bs * h * d * np.dtype(np_dtype).itemsize
+        if buf.nbytes == 0 or buf.nbytes % per_block:
+            raise EngineError(f"import: frame of {buf.nbytes} bytes is not whole blocks")
+        return np.frombuffer(buf, dtype=np_dtype).reshape(L, two, -1, bs, h, d)
+
+    def _frame_tensor(self, frame) -> torch.Tensor:
+        """A frame as a torch tensor of our dtype (device frames: the NCCL path)."""
         if isinstance(frame, torch.Tensor):
             if frame.dtype != self.dtype:
                 raise EngineError(f"import: tensor dtype {frame.dtype}, engine uses {self.dtype}")
-            t = frame
-        elif isinstance(frame, np.ndarray):
-            if frame.dtype != np_dtype:
-                raise EngineError(f"import: array dtype {frame.dtype}, expected {np.dtype(np_dtype)}")
-            t = torch.from_numpy(np.ascontiguousarray(frame)).view(self.dtype)
-        else:
-            try:
-                buf = memoryview(frame).cast("B")
-            except TypeError as exc:
-                raise EngineError(f"import: unsupported frame type {type(frame).__name__}") from exc
-            per_block = L * two * bs * h * d * np.dtype(np_dtype).itemsize
-            if buf.nbytes == 0 or buf.nbytes % per_block:
-                raise EngineError(f"import: frame of {buf.nbytes} bytes is not whole blocks")
-            arr = np.frombuffer(buf, dtype=np_dtype)
-            with warnings.catch_warnings():  # read-only receive buffer: we only read from it
-                warnings.simplefilter("ignore", UserWarning)
-                t = torch.from_numpy(arr).view(self.dtype).view(L, two, -1, bs, h, d)
-        if t.dim() != 6 or (t.shape[0], t.shape[1], *t.shape[3:]) != self.block_shape:
-            raise EngineError(f"import: frame shape {tuple(t.shape)} does not match {self.block_shape}")
-        return t
+            return frame
+        arr = self._frame_array(frame)
+        with warnings.catch_warnings():  # read-only receive buffer: we only read from it
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.from_numpy(np.ascontiguousarray(arr)).view(self.dtype)
+
+
+def _runs(ids: list[int]) -> list[tuple[int, int, int]]:
+    """(position in ``ids``, first id, length) of each run of consecutive ids."""
+    out, j = [], 0
+    while j < len(ids):
+        m = 1
+        while j + m < len(ids) and ids[j + m] == ids[j] + m:
+            m += 1
+        out.append((j, ids[j], m))
+        j += m
+    return out
+
+
+def _view_of(out, shape: tuple[int, ...], np_dtype) -> np.ndarray:
+    """``shape`` of ``np_dtype`` over the start of ``out`` (a uint8 array), or a new array when
+    ``out`` is None or too small."""
+    nbytes = int(np.prod(shape)) * np.dtype(np_dtype).itemsize
+    if out is None or out.nbytes < nbytes:
+        return np.empty(shape, dtype=np_dtype)
+    return out.reshape(-1)[:nbytes].view(np_dtype).reshape(shape)

@@ -34,6 +34,7 @@ from ...protocol.messages import (AbortRequest, ErrorCode, ErrorReply, FinishRea
                                   GenerateRequest, InstanceLoad, MigAbort, MigCommit,
                                   MigrateCommand, MigrateCommandReply, MigPreAlloc, RequestState)
 from ...scheduler.policy.selection import select_requests
+from .dataplane import SendBuffers
 from .destination import Destination
 from .source import MigrationFailed, SourceMigration
 from .states import SrcState
@@ -82,6 +83,7 @@ class MigrationCoordinator:
         self.cfg = cfg or MigrationConfig()
         self.peers = peers
         peers.set_on_reply(self.on_reply)
+        self.send_buffers = SendBuffers(self.cfg.part_bytes, keep=self.cfg.window)
         self.outgoing: dict[str, SourceMigration] = {}
         self.dest = Destination(self)
         self.moved: OrderedDict[str, tuple[str, float]] = OrderedDict()  # rid -> (peer, expiry)

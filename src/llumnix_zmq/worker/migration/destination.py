@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,7 +35,7 @@ from ...engine.base import EngineError, EngineRequest
 from ...engine.blocks import blocks_for_tokens
 from ...protocol.messages import (ErrorCode, ErrorReply, MigAbort, MigAck, MigCommit,
                                   MigCommitted, MigPreAlloc)
-from .dataplane import as_buffers
+from .dataplane import as_buffers, frames_nbytes
 from .states import DstState, destination_fsm
 
 if TYPE_CHECKING:
@@ -65,6 +65,9 @@ class Incoming:
     block_ids: list[int] = field(default_factory=list)
     acks: dict[int, tuple[int, ...]] = field(default_factory=dict)
     next_stage: int = 0
+    bytes_in: int = 0  # block bytes imported
+    import_s: float = 0.0  # wall time of the import calls
+    imported_at: float = 0.0  # clock when the latest stage was in the cache
 
     @property
     def key(self) -> tuple[int, str]:
@@ -76,6 +79,7 @@ class Destination:
         self.c = coord
         self.sessions: dict[tuple[int, str], Incoming] = {}
         self.tombstones: OrderedDict[tuple[int, str], Tombstone] = OrderedDict()
+        self.history: deque[Incoming] = deque(maxlen=256)  # ended sessions, for figures
 
     # --- answers -------------------------------------------------------------------------
     def _outcome(self, key, t: Tombstone):
@@ -102,6 +106,7 @@ class Destination:
             s.block_ids = []
         s.fsm.transition(DstState.ABORTED)
         self.sessions.pop(s.key, None)
+        self.history.append(s)
         self.c.wake()
         return self._refuse(s.key, code, reason)
 
@@ -188,12 +193,17 @@ class Destination:
         if ids is None:
             return self._abort_locked(s, ErrorCode.NO_SPACE,
                                       f"{msg.num_blocks} blocks needed, {eng.num_free_blocks()} free")
+        t0 = self.c.clock.now()
         try:
             frames = await self._nccl_frames(s, raw) if self.c.on_cuda and raw else None
-            await self.c.run_engine(eng.import_blocks, ids, frames or as_buffers(raw))
+            frames = frames or as_buffers(raw)
+            await self.c.run_engine(eng.import_blocks, ids, frames)
         except (EngineError, ValueError) as exc:
             eng.release_blocks(ids)
             return self._abort_locked(s, ErrorCode.MALFORMED, f"import failed: {exc}")
+        s.imported_at = self.c.clock.now()
+        s.import_s += s.imported_at - t0
+        s.bytes_in += frames_nbytes(frames)
         s.block_ids += ids
         s.acks[msg.stage] = tuple(ids)
         s.next_stage += 1
@@ -241,6 +251,7 @@ class Destination:
                 return self._abort_locked(s, ErrorCode.MALFORMED, f"import_request: {exc}")
             s.fsm.transition(DstState.COMMITTED)
             del self.sessions[key]
+            self.history.append(s)
             self._adopt(key, msg)
         return MigCommitted(msg.migration_id, msg.request_id, self.c.instance_id)
 

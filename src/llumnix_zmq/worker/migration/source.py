@@ -5,7 +5,10 @@ blocks filled since round r-1; the final round (after ``suspend``) sends the res
 the block being filled. A round goes out as one or more PRE_ALLOC messages ("stages", numbered
 0, 1, 2… across the whole migration, each under ``part_bytes``), with at most ``window`` of
 them unacknowledged. The final stages and the COMMIT are sent back to back (ZeroMQ keeps their
-order on the one DEALER → ROUTER pipe), so the downtime holds one round trip, not two.
+order on the one DEALER → ROUTER pipe), so the downtime holds one round trip, not two. The
+final round keeps at most ``window`` stages unacknowledged too: each stage's send buffer is
+reused once its ACK is in (dataplane.SendBuffers), so a long final round cycles through a few
+buffers instead of allocating one per part.
 
 Outcome rule (the COMMIT race):
 
@@ -35,6 +38,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from ...engine.base import EngineError, EngineRequest
 from ...protocol.messages import (AbortRequest, ErrorCode, ErrorReply, MigAbort, MigAck,
@@ -95,6 +100,9 @@ class SourceMigration:
         self.ended_at: float | None = None
         self.bytes_sent = 0
         self.round_stats: list[tuple[int, float]] = []  # pre-copy rounds: (bytes, seconds)
+        self.final_started_at: float | None = None  # the final round's first export
+        self.export_s = 0.0  # wall time of the export calls, all rounds
+        self.lent: dict[int, object] = {}  # stage -> send buffer, until its ACK
         self.outcome: MigrationFailed | None = None
         self._pending: dict[asyncio.Future, float] = {}  # future -> deadline (clock time)
         self.task: asyncio.Task | None = None
@@ -107,6 +115,9 @@ class SourceMigration:
     def on_reply(self, msg) -> None:
         self.last_heard = self.c.clock.now()
         if isinstance(msg, MigAck):
+            buf = self.lent.pop(msg.stage, None)
+            if buf is not None:  # the destination has the bytes: libzmq is done with them
+                self.c.send_buffers.give(buf)
             fut = self.acks.get(msg.stage)
             if fut is not None and not fut.done():
                 fut.set_result(msg.block_ids)
@@ -187,6 +198,7 @@ class SourceMigration:
             await self._rollback(MigrationFailed(ErrorCode.INTERNAL, f"{type(exc).__name__}: {exc}"))
         finally:
             self.ended_at = self.c.clock.now()
+            self.lent.clear()  # unacknowledged: libzmq may still read them, never reuse
             self.c.forget_outgoing(self)
 
     def _check_running(self) -> None:
@@ -231,6 +243,7 @@ class SourceMigration:
             # the final stages go out under this same lock hold: released between parts, the
             # lock would go to the engine loop first, adding a whole step per part to downtime
             self.rounds += 1
+            self.final_started_at = self.c.clock.now()
             await self._send_blocks(self.sent, total, running=False)  # ACKs: not waited for
         self.sent = total
 
@@ -248,7 +261,8 @@ class SourceMigration:
         Pre-copy (``running``): each lock hold exports parts until ``window`` of them are
         unacknowledged, then they go out and the engine gets the lock back for a step; so the
         copy advances by up to ``window * part_bytes`` per engine step. The final stage runs
-        under the caller's lock hold (the request is suspended) and is not flow-controlled."""
+        under the caller's lock hold (the request is suspended), one part at a time with up to
+        ``window`` unacknowledged; its last ACKs are not waited for."""
         futs: list[asyncio.Future] = []
         pos = start
         while pos < end:
@@ -260,10 +274,10 @@ class SourceMigration:
                 if self.outcome is not None:
                     raise self.outcome
                 batch = await self._export_parts(pos, end, 1)
-            for first, n, frames in batch:
-                futs.append(await self._send_part(first, n, frames))
+            for first, n, frames, buf in batch:
+                futs.append(await self._send_part(first, n, frames, buf))
                 pos = first + n
-            if running and _open(futs) >= self.c.cfg.window:
+            if pos < end and _open(futs) >= self.c.cfg.window:
                 await self._await(next(f for f in futs if not f.done()), self.c.cfg.timeout_s)
         return futs
 
@@ -272,24 +286,32 @@ class SourceMigration:
         out = []
         while pos < end and (not out or len(out) < count):
             n = min(self.blocks_per_part, end - pos)
+            t0, buf = self.c.clock.now(), None
             if self.c.uses_nccl():  # device tensors: they go over NCCL, not ZeroMQ
                 frames = await self.c.run_engine(
                     lambda: self.c.engine.export_blocks(self.rid, pos, pos + n, to_numpy=False))
             else:
-                frames = await self.c.run_engine(self.c.engine.export_blocks, self.rid, pos,
-                                                 pos + n)
+                buf = self.c.send_buffers.take()
+                frames = await self.c.run_engine(self.c.engine.export_blocks_into, self.rid,
+                                                 pos, pos + n, buf)
+                if not any(np.may_share_memory(f, buf) for f in frames):  # not gathered into
+                    self.c.send_buffers.give(buf)
+                    buf = None
+            self.export_s += self.c.clock.now() - t0
             nbytes = frames_nbytes(frames)
             if nbytes:
                 self.blocks_per_part = max(1, self.c.cfg.part_bytes // max(1, nbytes // n))
-            out.append((pos, n, frames))
+            out.append((pos, n, frames, buf))
             pos += n
         return out
 
-    async def _send_part(self, first: int, n: int, frames) -> asyncio.Future:
+    async def _send_part(self, first: int, n: int, frames, buf=None) -> asyncio.Future:
         stage = self.next_stage
         self.next_stage += 1
         fut = _future()
         self.acks[stage] = fut
+        if buf is not None:
+            self.lent[stage] = buf
         msg = MigPreAlloc(self.mid, self.rid, self.c.instance_id, stage, first, n,
                           self._num_tokens())
         self.contacted = True
