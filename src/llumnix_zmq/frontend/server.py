@@ -242,8 +242,10 @@ class FrontendServer:
         obj = "chat.completion.chunk" if req.chat else "text_completion"
         base = {"id": stream.request_id, "object": obj, "created": int(stream.created),
                 "model": self.model_name}
+        prompt_sent = False
 
         def chunk(text: str | None, finish: str | None, usage=None) -> bytes:
+            nonlocal prompt_sent
             if req.chat:
                 delta = {} if text is None else {"content": text}
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
@@ -253,14 +255,13 @@ class FrontendServer:
             body = {**base, "choices": [choice]}
             if req.return_token_ids:  # vLLM's layout: prompt ids once, then new ids per chunk
                 if not prompt_sent:
-                    prompt_sent.append(True)
+                    prompt_sent = True
                     choice["prompt_token_ids"] = stream.prompt_token_ids
                 choice["token_ids"] = stream.take_ids()
             if usage is not None:
                 body["usage"] = usage
             return b"data: " + json.dumps(body).encode() + b"\n\n"
 
-        prompt_sent: list[bool] = []
         if req.chat:
             first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                           "logprobs": None, "finish_reason": None}]}

@@ -37,7 +37,6 @@ class KVBlockIO:
             raise RuntimeError(f"KV layers differ: {shapes} {dtypes}")
         shape = shapes.pop()
         self.dim = block_dim(shape, shape[0] if num_blocks is None else num_blocks)
-        self.num_blocks = shape[self.dim]
         self.device = layers[0].device
         self.dtype = dtypes.pop()
         # one block of one layer, block index moved to the front: [*before, *after]
