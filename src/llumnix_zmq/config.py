@@ -98,6 +98,7 @@ class FrontendConfig:
     max_tokens_limit: int = 8192
     dispatch_policy: str = "llumnix"  # fallback policy when the scheduler is unreachable
     dispatch_timeout_s: float = 0.5
+    dispatch_ticket_ttl_s: float = 0.05  # 0: ask the scheduler per request (frontend/tickets.py)
     instance_refresh_s: float = 0.2
     request_timeout_s: float = 600.0
     expect_instances: int = 1  # /health is 200 once this many instances are live

@@ -159,3 +159,29 @@ def test_report_age_never_negative():
     r = Registry(1.0)
     r.register(reg("w1"), b"i", now=5.0)
     assert r.infos(now=4.0)[0].report_age_s == 0.0
+
+
+def test_a_dispatch_counts_as_queued_until_the_next_report():
+    from llumnix_zmq.protocol.messages import Priority
+    from llumnix_zmq.scheduler.policy.dispatch import dispatch
+    from llumnix_zmq.scheduler.policy.freeness import PolicyConfig
+
+    r = Registry(heartbeat_timeout_s=1.0)
+    r.register(reg("w1", num_blocks=100), b"1", now=0.0)
+    r.register(reg("w2", num_blocks=100), b"2", now=0.0)
+    r.report("w1", InstanceLoad(100, 10, 1, 0, 8, 16, (RequestLoad("a", 10),)), now=0.0)
+    r.report("w2", InstanceLoad(100, 12, 1, 0, 8, 16, (RequestLoad("b", 12),)), now=0.0)
+    cfg = PolicyConfig()
+    first, _ = dispatch("llumnix", r.infos(0.0), 64, Priority.NORMAL, None, None, cfg=cfg)
+    assert first == "w1"
+    r.note_dispatch("w1", "q1", 4, 64, Priority.NORMAL)
+    w1 = r.get("w1").load
+    assert (w1.num_waiting, w1.requests[-1]) == (
+        1, RequestLoad("q1", 4, Priority.NORMAL, 64, running=False))
+    # the next decision, before w1 reports again, sees q1 queued there and picks w2
+    second, _ = dispatch("llumnix", r.infos(0.0), 64, Priority.NORMAL, None, None, cfg=cfg)
+    assert second == "w2"
+    # w1's next report replaces the estimate (q1 is in it now, or finished)
+    r.report("w1", InstanceLoad(100, 10, 1, 0, 8, 16, (RequestLoad("a", 10),)), now=0.01)
+    assert r.get("w1").load.num_waiting == 0
+    r.note_dispatch("gone", "q2", 4, 64, Priority.NORMAL)  # unknown instance: ignored

@@ -38,11 +38,13 @@ from ..protocol.messages import (
     RequestMoved,
     TokenBatch,
 )
+from ..clock import SystemClock
 from ..scheduler.decisions import local_dispatch
 from ..security.curve import watch
 from ..transport.rpc import RpcClient, RpcError, send_nowait
 from ..transport.sockets import bound_address, make_socket
 from .streams import RequestStream, StreamEnd
+from .tickets import TicketBook
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,8 @@ class Cluster:
         self.rr_state = None
         self._tasks: list[asyncio.Task] = []
         self._restart_seen = 0.0
+        self.tickets = (TicketBook(self._fetch_ticket, SystemClock(), cfg.dispatch_ticket_ttl_s)
+                        if cfg.dispatch_ticket_ttl_s > 0 else None)
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -91,6 +95,8 @@ class Cluster:
         for address, sock in self.to_workers.items():  # workers free this frontend's requests
             send_nowait(sock, encode(FrontendGone(self.tokens_address)))
         await asyncio.sleep(0.01)
+        if self.tickets is not None:
+            await self.tickets.close()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -142,6 +148,9 @@ class Cluster:
     def on_instance_gone(self, instance_id: str) -> None:
         info = self.instances.get(instance_id)
         address = info.address if info else ""
+        if self.tickets is not None and self.tickets.ticket is not None and (
+                self.tickets.ticket.instance_id == instance_id):
+            self.tickets.drop()
         sock = self.to_workers.pop(address, None)
         if sock is not None:
             sock.close(linger=0)
@@ -190,6 +199,11 @@ class Cluster:
     # --- dispatch and submission -----------------------------------------------------------
     async def dispatch(self, request_id: str, num_prompt_tokens: int, priority: Priority,
                        exclude: tuple[str, ...] = ()) -> tuple[str, str]:
+        if self.tickets is not None and priority == Priority.NORMAL and not exclude:
+            ticket = self.tickets.take(self._is_live, num_prompt_tokens)
+            self.metrics.dispatch_tickets.labels("hit" if ticket else "miss").inc()
+            if ticket is not None:
+                return ticket.instance_id, ticket.address
         try:
             reply = await self.to_scheduler.call(
                 lambda q: DispatchQuery(q, request_id, num_prompt_tokens, priority, exclude),
@@ -210,6 +224,17 @@ class Cluster:
         if choice is None:
             raise NoInstance("no live instance known")
         return choice, self.instances[choice].address
+
+    def _is_live(self, instance_id: str) -> bool:
+        info = self.instances.get(instance_id)
+        return info is not None and info.state == InstanceState.ACTIVE
+
+    async def _fetch_ticket(self, num_prompt_tokens: int) -> tuple[str, str]:
+        """The scheduler's decision for a NORMAL request that has not arrived yet."""
+        reply = await self.to_scheduler.call(
+            lambda q: DispatchQuery(q, "", num_prompt_tokens, Priority.NORMAL, ()),
+            self.cfg.dispatch_timeout_s)
+        return reply.instance_id, reply.address
 
     def worker_socket(self, address: str):
         sock = self.to_workers.get(address)

@@ -25,6 +25,10 @@ class FrontendMetrics:
         self.in_flight = Gauge("llumnix_frontend_in_flight", "requests in flight", registry=r)
         self.fallback_dispatch = Counter("llumnix_frontend_fallback_dispatch",
                                          "dispatches made from the last-known table", registry=r)
+        self.dispatch_tickets = Counter("llumnix_frontend_dispatch_tickets",
+                                        "NORMAL requests that found a fresh dispatch ticket (hit) "
+                                        "or asked the scheduler directly (miss)", ["outcome"],
+                                        registry=r)
         self.scheduler_up = Gauge("llumnix_frontend_scheduler_reachable",
                                   "1 when the scheduler answers", registry=r)
         self.instance_failures = Counter("llumnix_frontend_instance_failures",

@@ -13,10 +13,17 @@ a report from an unknown instance is answered with UNKNOWN_PEER and the worker r
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..common.fsm import StateMachine
-from ..protocol.messages import InstanceInfo, InstanceLoad, InstanceState, RegisterWorker
+from ..protocol.messages import (
+    InstanceInfo,
+    InstanceLoad,
+    InstanceState,
+    Priority,
+    RegisterWorker,
+    RequestLoad,
+)
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +85,18 @@ class Registry:
         if load.draining and rec.state is InstanceState.ACTIVE:
             rec.fsm.transition(InstanceState.DRAINING)
         return rec
+
+    def note_dispatch(self, instance_id: str, request_id: str, num_blocks: int,
+                      num_tokens: int, priority: Priority) -> None:
+        """Count a request just dispatched to ``instance_id`` as queued there until the
+        instance's next report (which then includes it): the next decisions, made before that
+        report, see it. Llumnix's manager does the same with its cached instance loads."""
+        rec = self.records.get(instance_id)
+        if rec is None:
+            return
+        queued = RequestLoad(request_id, num_blocks, priority, num_tokens, running=False)
+        rec.load = replace(rec.load, num_waiting=rec.load.num_waiting + 1,
+                           requests=(*rec.load.requests, queued))
 
     def remove(self, instance_id: str) -> InstanceRecord | None:
         return self.records.pop(instance_id, None)

@@ -41,6 +41,7 @@ from ..transport.dispatcher import Router
 from ..transport.sockets import make_socket
 from .decisions import Decider
 from .metrics import SchedulerMetrics
+from .policy.freeness import blocks_for_tokens
 from .registry import Registry
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ class SchedulerService:
                               msg.TAG, msg.query_id)
         instance_id, reason = choice
         rec = self.registry.get(instance_id)
+        self.registry.note_dispatch(instance_id, msg.request_id,
+                                    blocks_for_tokens(msg.num_prompt_tokens, rec.load.block_size),
+                                    msg.num_prompt_tokens, msg.priority)
         log.debug("dispatch %s -> %s (%s)", msg.request_id, instance_id, reason)
         return DispatchReply(msg.query_id, msg.request_id, instance_id, rec.reg.address, reason)
 
