@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import socket
@@ -97,6 +98,59 @@ async def inprocess(items: list[WorkItem], profile: str, time_scale: float) -> d
             "mean_concurrency": sum(e2es) / wall,
             "e2e_ms": {"p50": pct(e2es, 50) * 1e3, "p99": pct(e2es, 99) * 1e3},
             "wall_s": wall, "completed": len(ttfts)}
+
+
+def _hop_sender(address: str, n: int, gap_s: float) -> None:
+    import zmq
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PUSH)
+    sock.connect(address)
+    time.sleep(0.3)
+    for _ in range(n):
+        sock.send(repr(time.monotonic()).encode())
+        time.sleep(gap_s)
+    sock.send(b"end")
+    sock.close(linger=1000)
+    ctx.term()
+
+
+async def _hop_receiver(address: str) -> list[float]:
+    import zmq
+    import zmq.asyncio
+
+    ctx = zmq.asyncio.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.bind(address)
+    lat = []
+    try:
+        while True:
+            msg = await asyncio.wait_for(sock.recv(), 10)
+            if msg == b"end":
+                return lat
+            lat.append((time.monotonic() - float(msg)) * 1e3)
+    finally:
+        sock.close(linger=0)
+        ctx.term()
+
+
+def hop_floor(n: int = 300) -> dict:
+    """One ZeroMQ hop between two idle processes (PUSH -> asyncio PULL on uvloop, ipc, 20 ms
+    apart): the floor of each process-to-process hop the mesh's request path takes (client ->
+    frontend -> worker -> frontend -> client: four; the scheduler round trip is off the path
+    with dispatch tickets). On a VM most of it is thread wake-up: libzmq's I/O thread on each
+    side plus the receiving event loop."""
+    import multiprocessing as mp
+    import tempfile
+
+    address = f"ipc://{tempfile.mkdtemp()}/hop"
+    proc = mp.get_context("spawn").Process(target=_hop_sender, args=(address, n, 0.02))
+    proc.start()
+    try:
+        lat = _run(_hop_receiver(address))
+    finally:
+        proc.join(10)
+    return {"p50": pct(lat, 50), "p99": pct(lat, 99), "n": len(lat)}
 
 
 def free_port() -> int:
@@ -185,11 +239,12 @@ def main(argv=None) -> int:
     seeds = list(range(1, a.seeds + 1))
     base_ttft, mesh_ttft, per_seed = [], [], []
     for seed in seeds:
-        # byte tokenizer: a prompt of N tokens is BOS + N-1 characters
         items = build_workload(f"fixed:{a.prompt}-{a.output}", a.requests, rate=a.rate,
                                arrival="poisson", seed=seed)
         base = _run(inprocess(items, a.profile, a.time_scale))
-        mesh = through_mesh(items, a.profile, a.time_scale, None, 1, log_dir)
+        # the same prompt length on both sides: the byte tokenizer adds a BOS to N letters
+        letters = [dataclasses.replace(i, prompt_tokens=i.prompt_tokens - 1) for i in items]
+        mesh = through_mesh(letters, a.profile, a.time_scale, None, 1, log_dir)
         b_t = base.pop("ttfts_ms")
         m_t = [r["ttft"] * 1e3 for r in mesh.pop("per_request") if r.get("ttft") is not None]
         base_ttft += b_t
@@ -210,6 +265,7 @@ def main(argv=None) -> int:
               f"(tickets {mesh['dispatch_tickets']})", flush=True)
     tp_items = [WorkItem(0.0, 16, a.throughput_output) for _ in range(a.concurrency * 2)]
     tp = through_mesh(tp_items, a.profile, 0.0, a.concurrency, 2, log_dir)
+    floor = hop_floor()
 
     added_p50 = pct(mesh_ttft, 50) - pct(base_ttft, 50)
     added_p99 = pct(mesh_ttft, 99) - pct(base_ttft, 99)
@@ -227,6 +283,7 @@ def main(argv=None) -> int:
         "added_ttft_ms_mean_at_frontend": float(np.mean(
             [r["added_ttft_ms_mean_at_frontend"] for r in per_seed])),
         "per_seed": per_seed,
+        "zmq_hop_floor_ms": floor,
         "frontend_tokens_per_s": tp["output_token_throughput"],
         "throughput_run": {k: tp[k] for k in ("completed", "errors", "output_tokens",
                                               "output_token_throughput", "ttft_ms", "itl_ms",
@@ -241,6 +298,8 @@ def main(argv=None) -> int:
         print(f"{q:16} {b:12.2f} {m:12.2f} {m - b:10.2f}")
     print(f"added TTFT mean at the frontend (accepted -> first token in): "
           f"{out['added_ttft_ms_mean_at_frontend']:.2f} ms")
+    print(f"one idle process-to-process ZeroMQ hop (the floor; the request path takes four): "
+          f"p50 {floor['p50']:.2f} ms, p99 {floor['p99']:.2f} ms")
     print(f"frontend streamed tokens/s (2 non-sleeping workers, {a.concurrency} streams): "
           f"{tp['output_token_throughput']:.0f}  (frontend CPU {tp['frontend_cpu_fraction']:.0%})")
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)
