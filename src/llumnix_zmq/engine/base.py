@@ -21,7 +21,8 @@ Migration hooks (used by worker/migration; the engine never talks to the network
     ------                                   -----------
     num_full_blocks(rid) -> k                reserve_blocks(n) -> ids | None
     export_blocks(rid, a, b) -> frames  ───> import_blocks(ids, frames)
-    (or export_blocks_into(rid, a, b, buf): the same, gathered into a reused send buffer)
+    (or export_blocks_into(rid, a, b, buf): the same, gathered into a reused send buffer;
+     or export_block_views(rid, a, b, min): views of the cache itself, no copy)
     suspend(rid)  (stops decoding; keeps blocks)
     export_state(rid) -> RequestState   ───> import_request(state, all_ids)  (RUNNING, decodes on)
     remove_request(rid) (frees, no output)   release_blocks(ids)  (on abort: undo the reservation)
@@ -138,6 +139,15 @@ class Engine(abc.ABC):
         The caller lends ``buffer`` until the destination has acknowledged the frames. By
         default the buffer is not used."""
         return self.export_blocks(request_id, start, end)
+
+    def export_block_views(self, request_id: str, start: int, end: int,
+                           min_frame_bytes: int) -> list | None:
+        """``export_blocks`` without a copy: frames that are views of the engine's own cache
+        (each at least ``min_frame_bytes``), or None where the engine cannot (the default).
+        They are read when the transport sends them, so the caller must keep the blocks
+        allocated and unchanged until the destination has acknowledged them (full blocks of a
+        live or suspended request are: KV is append-only)."""
+        return None
 
     @abc.abstractmethod
     def reserve_blocks(self, n: int) -> list[int] | None:

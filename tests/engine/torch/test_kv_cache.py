@@ -9,6 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from llumnix_zmq.engine.base import EngineError  # noqa: E402
 from llumnix_zmq.engine.torch.kv_cache import KVCache, _runs  # noqa: E402
 
 L, NB, BS, H, D = 2, 32, 4, 2, 8
@@ -79,3 +80,47 @@ def test_device_tensor_export_and_tensor_import():
     assert isinstance(t, torch.Tensor) and t.shape == (L, 2, 2, BS, H, D)
     dst.import_([1, 9], [t])
     assert torch.equal(blocks(dst, [1, 9]), blocks(src, [6, 2]))
+
+
+# --- the views layout (zero-copy export) ---------------------------------------------------
+ROW = BS * H * D * 4  # bytes of one block of one layer's K (fp32)
+
+
+@pytest.mark.parametrize("src_ids,dst_ids", [
+    ([4, 5, 6, 7], [10, 11, 12, 13]),
+    ([9, 2, 3, 17, 18, 19], [30, 0, 1, 15, 5, 6]),  # runs of 1, 2, 3 onto other runs
+], ids=["consecutive", "scattered"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_views_export_import_exact(src_ids, dst_ids, dtype):
+    src, dst = cache(dtype, seed=1), cache(dtype, seed=2)
+    want = blocks(src, src_ids)
+    frames = src.export_views(src_ids, 0)
+    runs = _runs(src_ids)
+    assert len(frames) == 1 + L * 2 * len(runs)
+    host = src.pool.view(torch.int16 if dtype == torch.bfloat16 else dtype).numpy()
+    assert all(np.shares_memory(f, host) for f in frames[1:])  # no copy: the pool itself
+    others = [i for i in range(NB) if i not in dst_ids]
+    before = blocks(dst, others)
+    dst.import_(dst_ids, [bytes(memoryview(f).cast("B")) for f in frames])  # as received
+    assert torch.equal(blocks(dst, dst_ids), want)
+    assert torch.equal(blocks(dst, others), before)
+
+
+def test_views_refused_for_short_runs_or_no_blocks():
+    kv = cache()
+    assert kv.export_views([3, 4], 2 * ROW) is not None
+    assert kv.export_views([3, 4, 9], 2 * ROW) is None  # the run [9] would be one small frame
+    assert kv.export_views([], 0) is None
+
+
+def test_views_import_checks_the_frames():
+    src, dst = cache(seed=1), cache(seed=2)
+    frames = src.export_views([4, 5, 6], 0)
+    with pytest.raises(EngineError, match="view frames"):
+        dst.import_([1, 2, 3], frames[:-1])
+    with pytest.raises(EngineError, match="block ids"):
+        dst.import_([1, 2], frames)
+    bad = list(frames)
+    bad[1] = np.asarray(frames[1])[:2]  # a frame of the wrong size
+    with pytest.raises(EngineError, match="view frame of"):
+        dst.import_([1, 2, 3], bad)

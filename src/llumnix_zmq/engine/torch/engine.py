@@ -221,6 +221,13 @@ class TorchEngine(Engine):
     def export_blocks_into(self, request_id: str, start: int, end: int, buffer) -> list:
         return self.export_blocks(request_id, start, end, out=buffer)
 
+    def export_block_views(self, request_id: str, start: int, end: int,
+                           min_frame_bytes: int) -> list | None:
+        blocks = self._seq(request_id).blocks
+        if not 0 <= start < end <= len(blocks):
+            raise EngineError(f"block range [{start}, {end}) outside 0..{len(blocks)}")
+        return self.kv.export_views(blocks[start:end], min_frame_bytes)
+
     def reserve_blocks(self, n: int) -> list[int] | None:
         if n < 0:
             raise EngineError("negative reservation")

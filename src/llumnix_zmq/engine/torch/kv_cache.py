@@ -6,8 +6,13 @@ Layout (one tensor)::
          └ L    └ 2 └ num_blocks └ block_size
 
 A token at position p of a request lives in block ``table[p // bs]``, slot ``p % bs``; its flat
-slot id is ``block * bs + slot``. Exported frames are the same layout restricted to the
-exported blocks, ``[L, 2, n, bs, kv_heads, head_dim]``, contiguous.
+slot id is ``block * bs + slot``. Exported frames come in two layouts (``import_`` takes both):
+
+    gathered  one frame [L, 2, n, bs, kv_heads, head_dim]: the exported blocks copied together
+    views     [descriptor][pool[l, kv, a:a+m] for l, for kv, for each run (a, m)]: no copy, the
+              frames are the pool's own memory; the descriptor is VIEWS_MAGIC + the run lengths
+              (uint32 LE). A run is a range of consecutive block ids; each view frame is
+              contiguous ([m, bs, kv_heads, head_dim]) because blocks are the third axis.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import torch
 from ..base import EngineError
 
 # numpy has no bfloat16: such frames travel as their 16-bit pattern
+VIEWS_MAGIC = b"LLXKVV1\0"
+
 _NUMPY_VIEW = {torch.float32: (torch.float32, np.float32), torch.float16: (torch.float16, np.float16),
                torch.bfloat16: (torch.int16, np.int16)}
 
@@ -74,10 +81,32 @@ class KVCache:
             np.copyto(frame[:, :, j:j + m], host[:, :, a:a + m])
         return frame
 
+    def export_views(self, block_ids: list[int], min_frame_bytes: int) -> list | None:
+        """Blocks ``block_ids`` as the views layout (no copy), or None when the pool is not on
+        CPU or a run's frame would be under ``min_frame_bytes`` (many small frames cost more
+        than the gather they save). The frames read the pool when they are sent: the caller
+        must not let these blocks be freed or rewritten before the receiver has them."""
+        if self.pool.device.type != "cpu" or not block_ids:
+            return None
+        runs = _runs(block_ids)
+        if min(m for _, _, m in runs) * self._row_bytes() < min_frame_bytes:
+            return None
+        host = self._host()
+        desc = VIEWS_MAGIC + np.array([m for _, _, m in runs], dtype="<u4").tobytes()
+        return [desc] + [host[layer, kv, a:a + m] for layer in range(self.num_layers)
+                         for kv in range(2) for _, a, m in runs]
+
+    def _row_bytes(self) -> int:
+        """Bytes of one block of one layer's K (or V)."""
+        return self.block_size * self.num_kv_heads * self.head_dim * self.pool.element_size()
+
     def import_(self, block_ids: list[int], frames: list) -> None:
         """Scatter the frames' blocks into ``block_ids`` (in order): one copy per frame and run
         of consecutive ids, straight from the receive buffer into the pool (no staging copy, no
         concatenation)."""
+        runs = self._views_runs(frames)
+        if runs is not None:
+            return self._import_views(block_ids, runs, frames[1:])
         parts = [self._frame(f) for f in frames]
         n = sum(p.shape[2] for p in parts)
         if n != len(block_ids):
@@ -94,6 +123,48 @@ class KVCache:
                 idx = torch.tensor(ids, dtype=torch.long, device=self.pool.device)
                 self.pool.index_copy_(2, idx, p.to(self.pool.device))
             start += k
+
+    def _views_runs(self, frames: list) -> list[int] | None:
+        """The run lengths of a views-layout export, or None for gathered frames (those are
+        whole blocks, so never as small as a descriptor)."""
+        if not frames or isinstance(frames[0], torch.Tensor):
+            return None
+        try:
+            head = memoryview(frames[0]).cast("B")
+        except TypeError:
+            return None
+        per_block = self._row_bytes() * 2 * self.num_layers
+        if head.nbytes >= per_block or bytes(head[:len(VIEWS_MAGIC)]) != VIEWS_MAGIC:
+            return None
+        body = head[len(VIEWS_MAGIC):]
+        if body.nbytes % 4 or body.nbytes == 0:
+            raise EngineError("import: malformed views descriptor")
+        return [int(m) for m in np.frombuffer(body, dtype="<u4")]
+
+    def _import_views(self, block_ids: list[int], runs: list[int], frames: list) -> None:
+        if sum(runs) != len(block_ids) or min(runs) < 1:
+            raise EngineError(f"import: runs {sum(runs)} blocks, {len(block_ids)} block ids given")
+        if len(frames) != self.num_layers * 2 * len(runs):
+            raise EngineError(f"import: {len(frames)} view frames, expected "
+                              f"{self.num_layers * 2 * len(runs)}")
+        if self.pool.device.type != "cpu":
+            raise EngineError("import: views layout into a device pool")
+        _, _, bs, h, d = self.block_shape
+        np_dtype = _NUMPY_VIEW[self.dtype][1]
+        starts = np.cumsum([0] + runs[:-1]).tolist()
+        dst = [_runs(block_ids[p:p + m]) for p, m in zip(starts, runs)]
+        row, host, i = self._row_bytes(), self._host(), 0
+        for layer in range(self.num_layers):
+            for kv in range(2):
+                for m, pieces in zip(runs, dst):
+                    buf = memoryview(frames[i]).cast("B")
+                    i += 1
+                    if buf.nbytes != m * row:
+                        raise EngineError(f"import: view frame of {buf.nbytes} bytes, expected "
+                                          f"{m * row}")
+                    arr = np.frombuffer(buf, dtype=np_dtype).reshape(m, bs, h, d)
+                    for j, a, k in pieces:
+                        np.copyto(host[layer, kv, a:a + k], arr[j:j + k])
 
     def _host(self) -> np.ndarray:
         """The CPU pool as numpy (bfloat16 as int16), a view."""

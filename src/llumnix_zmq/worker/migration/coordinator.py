@@ -51,6 +51,8 @@ class MigrationConfig:
     timeout_s: float = 10.0  # an ACK, a silent peer, an idle incoming session
     part_bytes: int = 8 << 20  # max bytes of blocks in one PRE_ALLOC frame
     window: int = 4  # PRE_ALLOC stages in flight during pre-copy
+    view_part_bytes: int = 16 << 20  # zero-copy parts (views of the cache); 0: always gather
+    view_min_frame_bytes: int = 64 << 10  # smaller view frames (short runs): gather instead
     commit_retry_s: float = 0.0  # 0: min(0.5, timeout_s / 5)
     tick_s: float = 0.05
     tombstone_ttl_s: float = 0.0  # 0: max(60, 6 * timeout_s)

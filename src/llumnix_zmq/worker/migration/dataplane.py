@@ -8,6 +8,10 @@ as memoryviews into libzmq's own receive buffers (no Python-side copy or allocat
 stays under ``part_bytes`` (the ROUTER drops peers sending a frame over ``MAXMSGSIZE``), so a big
 round is split into several PRE_ALLOC messages by the source.
 
+Zero-copy parts: where the engine can (``export_block_views``), a full part is sent as views of
+the source's cache itself (no gather copy, libzmq reads the pool); see source.py for why those
+bytes cannot change before the destination has them. Other parts are gathered:
+
 Send buffers (``SendBuffers``): engines that can (``export_blocks_into``) gather each stage into
 a buffer lent from a small free list, taken back when that stage's ACK arrives (the destination
 has the bytes, so libzmq has finished reading them); a stage that never gets its ACK keeps its

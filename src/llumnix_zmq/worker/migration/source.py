@@ -5,10 +5,26 @@ blocks filled since round r-1; the final round (after ``suspend``) sends the res
 the block being filled. A round goes out as one or more PRE_ALLOC messages ("stages", numbered
 0, 1, 2… across the whole migration, each under ``part_bytes``), with at most ``window`` of
 them unacknowledged. The final stages and the COMMIT are sent back to back (ZeroMQ keeps their
-order on the one DEALER → ROUTER pipe), so the downtime holds one round trip, not two. The
+order on the one DEALER → ROUTER pipe; after zero-copy parts, once their ACKs are in: below),
+so the downtime holds one round trip, not two. The
 final round keeps at most ``window`` stages unacknowledged too: each stage's send buffer is
 reused once its ACK is in (dataplane.SendBuffers), so a long final round cycles through a few
 buffers instead of allocating one per part.
+
+Zero-copy parts. Where the engine can (``export_block_views``) a full-size part of
+``view_part_bytes`` goes out as views of the cache itself, with no gather copy; libzmq reads
+them when it sends. Such blocks must keep their contents until the destination has them:
+
+| while the view stage is unacknowledged | why the bytes it reads are the request's own       |
+|----------------------------------------|----------------------------------------------------|
+| pre-copy (request decoding)            | only full blocks are sent, and KV is append-only    |
+| final round (suspended, lock held)     | nothing writes a suspended request's blocks         |
+| request freed (finished, aborted,      | the migration fails: ABORT follows on the same pipe |
+| preempted) before COMMIT               | and the destination never commits what it got       |
+
+and the COMMIT is sent only once every view stage is acknowledged (``_views_acked``), so a
+request freed later (a client abort while COMMITTING) can no longer change what was sent. The
+final round's last part is always gathered, so that wait is over before its ACK would be.
 
 Outcome rule (the COMMIT race):
 
@@ -92,7 +108,12 @@ class SourceMigration:
         self.gone = ""  # why the request left the source mid-way ("" while it is here)
         self.abort_after_commit = False
         per_token = getattr(coord.engine, "kv_bytes_per_token", 0) or 4  # refined by exports
-        self.blocks_per_part = max(1, coord.cfg.part_bytes // (per_token * coord.engine.block_size))
+        per_block = per_token * coord.engine.block_size
+        self.blocks_per_part = max(1, coord.cfg.part_bytes // per_block)
+        self.view_blocks = coord.cfg.view_part_bytes // per_block  # 0: no zero-copy parts
+        self.viewed: list[asyncio.Future] = []  # ACKs of the stages sent as views of the cache
+        self.view_stages: list[int] = []  # and their stage numbers (kept, for figures and tests)
+        self.part_sizes: list[int] = []  # bytes of each stage's frames, in order
         now = coord.clock.now()
         self.started_at = now
         self.last_heard = now
@@ -269,25 +290,33 @@ class SourceMigration:
             if running:
                 async with self.c.lock:
                     self._check_running()
-                    batch = await self._export_parts(pos, end, self.c.cfg.window - _open(futs))
+                    batch = await self._export_parts(pos, end, self.c.cfg.window - _open(futs),
+                                                     running)
             else:
                 if self.outcome is not None:
                     raise self.outcome
-                batch = await self._export_parts(pos, end, 1)
-            for first, n, frames, buf in batch:
+                batch = await self._export_parts(pos, end, 1, running)
+            for first, n, frames, buf, view in batch:
                 futs.append(await self._send_part(first, n, frames, buf))
+                if view:
+                    self.viewed.append(futs[-1])
+                    self.view_stages.append(self.next_stage - 1)
                 pos = first + n
             if pos < end and _open(futs) >= self.c.cfg.window:
                 await self._await(next(f for f in futs if not f.done()), self.c.cfg.timeout_s)
         return futs
 
-    async def _export_parts(self, pos: int, end: int, count: int) -> list:
-        """Up to ``count`` (at least one) exported parts from block ``pos`` on."""
+    async def _export_parts(self, pos: int, end: int, count: int, running: bool) -> list:
+        """Up to ``count`` (at least one) exported parts from block ``pos`` on, each
+        ``(first, n, frames, send buffer or None, sent as views)``."""
         out = []
         while pos < end and (not out or len(out) < count):
             n = min(self.blocks_per_part, end - pos)
             t0, buf = self.c.clock.now(), None
-            if self.c.uses_nccl():  # device tensors: they go over NCCL, not ZeroMQ
+            views = self._export_views(pos, end, running)
+            if views is not None:
+                n, frames = views
+            elif self.c.uses_nccl():  # device tensors: they go over NCCL, not ZeroMQ
                 frames = await self.c.run_engine(
                     lambda: self.c.engine.export_blocks(self.rid, pos, pos + n, to_numpy=False))
             else:
@@ -299,11 +328,22 @@ class SourceMigration:
                     buf = None
             self.export_s += self.c.clock.now() - t0
             nbytes = frames_nbytes(frames)
-            if nbytes:
+            if nbytes and views is None:
                 self.blocks_per_part = max(1, self.c.cfg.part_bytes // max(1, nbytes // n))
-            out.append((pos, n, frames, buf))
+            out.append((pos, n, frames, buf, views is not None))
             pos += n
         return out
+
+    def _export_views(self, pos: int, end: int, running: bool) -> tuple[int, list] | None:
+        """A full-size zero-copy part from block ``pos`` on, ``(n, frames)``, or None (then
+        the part is gathered). Never the final round's last part: see the module comment."""
+        n = self.view_blocks
+        export = getattr(self.c.engine, "export_block_views", None)
+        if not n or export is None or self.c.uses_nccl() or end - pos < n or \
+                (not running and end - pos == n):
+            return None
+        frames = export(self.rid, pos, pos + n, self.c.cfg.view_min_frame_bytes)
+        return (n, frames) if frames else None
 
     async def _send_part(self, first: int, n: int, frames, buf=None) -> asyncio.Future:
         stage = self.next_stage
@@ -320,6 +360,7 @@ class SourceMigration:
         else:
             await self.c.peers.send(self.peer, msg, frames)
         self.bytes_sent += frames_nbytes(frames)
+        self.part_sizes.append(frames_nbytes(frames))
         return fut
 
     async def _send_part_nccl(self, msg: MigPreAlloc, tensor) -> None:
@@ -339,8 +380,16 @@ class SourceMigration:
             return len(self.state.prompt_token_ids) + len(self.state.output_token_ids)
         return self.num_tokens
 
+    async def _views_acked(self) -> None:
+        """Every stage sent as views of the cache is in the destination (so libzmq has read
+        them) before the COMMIT can go: still SUSPENDED, a failure here only resumes."""
+        for fut in self.viewed:
+            await self._await(fut, self.c.cfg.timeout_s)
+        self.viewed.clear()
+
     async def _commit(self) -> None:
         cfg = self.c.cfg
+        await self._views_acked()
         self.fsm.transition(SrcState.COMMITTING)
         self.commit_future = _future()
         if self.outcome is not None:  # a final-stage refusal raced the transition

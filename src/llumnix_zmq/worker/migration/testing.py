@@ -2,7 +2,8 @@
 migration protocol runs in one event loop with a FakeClock and no sockets.
 
 ``InMemoryNetwork`` encodes and decodes every message with the real codec (raw frames copied to
-``bytes``, as the wire would), delivers each node's input in order through one consumer task
+``bytes``, as the wire would: when sent, or with ``lazy_frames`` only when delivered, as libzmq
+reads zero-copy frames whenever its I/O thread gets to them), delivers each node's input in order through one consumer task
 (like the worker's Router), and can drop, duplicate, hold back or reroute messages, or kill a
 node (everything to and from it vanishes).
 """
@@ -30,6 +31,7 @@ class InMemoryNetwork:
         self.filters: list[Filter] = []
         self.held: list[tuple[str, str, list]] = []
         self.log: list[tuple[str, str, str]] = []  # (src, dst, message type) as delivered
+        self.lazy_frames = False  # read raw frames at delivery, not at send
 
     def peers(self, address: str) -> "InMemoryPeers":
         return InMemoryPeers(self, address)
@@ -76,8 +78,8 @@ class InMemoryPeers:
         self.on_reply = on_reply
 
     async def send(self, address: str, msg, raw=()) -> None:
-        frames = encode(msg) + [_wire_bytes(f) for f in raw]
-        self.bytes_sent += sum(len(f) for f in frames[2:])
+        frames = encode(msg) + [f if self.net.lazy_frames else _wire_bytes(f) for f in raw]
+        self.bytes_sent += sum(len(memoryview(f).cast("B")) for f in frames[2:])
         self.net.route(self.address, address, frames)
 
     async def close(self) -> None:
@@ -158,6 +160,8 @@ class FakeHost:
             src, frames = await self.inbox.get()
             if self.address in self.net.dead:
                 continue
+            frames = frames[:2] + [f if isinstance(f, bytes) else _wire_bytes(f)
+                                   for f in frames[2:]]  # lazy frames: read them now
             msg, raw = decode(frames)
             self.net.log.append((src, self.address, type(msg).__name__))
             if isinstance(msg, AbortRequest):
