@@ -16,7 +16,8 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-KEEP = ("ttft", "decode_per_token", "e2e", "preemption_loss", "instance_seconds", "avg_instances",
+KEEP = ("ttft", "ttft_long_prompts", "decode_per_token", "e2e", "preemption_loss",
+        "instance_seconds", "avg_instances",
         "migrations", "migrations_started", "migration_reasons", "migration_downtime",
         "preemptions", "fragmentation", "makespan_s", "scale_out", "scale_in")
 
@@ -27,7 +28,7 @@ def run_point(point: dict) -> dict:
     kw = {k: v for k, v in point.items() if k not in ("key", "keep_timeline")}
     res = run_simulation(SimulationConfig(progress=False, **kw))
     rec = {"key": point["key"], "config": kw, "workload": res["workload"],
-           "metrics": {k: res["metrics"][k] for k in KEEP},
+           "metrics": {k: res["metrics"][k] for k in KEEP if k in res["metrics"]},
            "wall_seconds": res["wall_seconds"], "sim_seconds": res["sim_seconds"]}
     if "by_priority" in res:
         rec["by_priority"] = res["by_priority"]

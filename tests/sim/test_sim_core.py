@@ -63,6 +63,9 @@ def test_two_instances_three_requests_by_hand(round_profile):
     assert res["metrics"]["ttft"]["mean"] == pytest.approx((0.1 + 0.05 + 0.12) / 3)
     assert res["metrics"]["instance_seconds"] == pytest.approx(2 * 0.140)
     assert res["metrics"]["migrations"] == 0 and res["metrics"]["preemptions"] == 0
+    # the longest 1% of prompts: only r0 (100 tokens)
+    long = res["metrics"]["ttft_long_prompts"]
+    assert long["n"] == 1 and long["mean"] == pytest.approx(0.100)
     for inst in sim.instances.values():
         inst.engine.allocator_check()
         assert inst.engine.num_free_blocks() == inst.engine.num_blocks
