@@ -196,6 +196,20 @@ class Cluster:
         log.info("resumed %s on %s after %s died (%d tokens kept)", stream.request_id, iid,
                  dead, len(stream.output_ids))
 
+    async def redirect(self, stream: RequestStream, busy: str) -> None:
+        """Dispatch again, without ``busy``, a request that instance refused before starting it
+        (it is draining). Counts against the resume budget; no instance left: a clear 503."""
+        stream.resumes += 1
+        stream.excluded = (*stream.excluded, busy)
+        try:
+            iid = await self.submit(stream, stream.request, stream.request.priority,
+                                    stream.excluded)
+        except NoInstance:
+            stream.finish(StreamEnd("error", f"instance {busy} is draining and no other "
+                                    "instance is available", 503))
+            return
+        log.info("%s: %s is draining; sent to %s instead", stream.request_id, busy, iid)
+
     # --- dispatch and submission -----------------------------------------------------------
     async def dispatch(self, request_id: str, num_prompt_tokens: int, priority: Priority,
                        exclude: tuple[str, ...] = ()) -> tuple[str, str]:
@@ -317,6 +331,12 @@ class Cluster:
             if stream is None:  # a copy nobody waits for (e.g. after a resume): stop it
                 if delta.finish_reason == FinishReason.NONE:
                     self.abort_on(instance_id, delta.request_id, "no longer wanted")
+                continue
+            if (delta.finish_reason == FinishReason.ERROR and delta.error_code == ErrorCode.BUSY
+                    and not stream.output_ids and stream.resumes < self.cfg.max_resumes):
+                # refused before it started (the instance began draining after the decision
+                # was made, e.g. a ticket's): send it elsewhere instead of failing the client
+                asyncio.get_running_loop().create_task(self.redirect(stream, instance_id))
                 continue
             before = len(stream.output_ids)
             stream.on_delta(delta, instance_id)
