@@ -148,9 +148,6 @@ class Cluster:
     def on_instance_gone(self, instance_id: str) -> None:
         info = self.instances.get(instance_id)
         address = info.address if info else ""
-        if self.tickets is not None and self.tickets.ticket is not None and (
-                self.tickets.ticket.instance_id == instance_id):
-            self.tickets.drop()
         sock = self.to_workers.pop(address, None)
         if sock is not None:
             sock.close(linger=0)
@@ -182,12 +179,8 @@ class Cluster:
                                     f"and the retry budget ({self.cfg.max_resumes}) is spent",
                                     503))
             return
-        stream.resumes += 1
-        stream.excluded = (*stream.excluded, dead)
-        msg = dataclasses.replace(stream.request, output_token_ids=tuple(stream.output_ids))
-        try:
-            iid = await self.submit(stream, msg, msg.priority, stream.excluded)
-        except NoInstance:
+        iid = await self._resubmit(stream, dead)
+        if iid is None:
             self.metrics.instance_failures.inc()
             stream.finish(StreamEnd("error", f"instance {dead} died while serving the request "
                                     "and no other instance is left", 503))
@@ -199,16 +192,23 @@ class Cluster:
     async def redirect(self, stream: RequestStream, busy: str) -> None:
         """Dispatch again, without ``busy``, a request that instance refused before starting it
         (it is draining). Counts against the resume budget; no instance left: a clear 503."""
-        stream.resumes += 1
-        stream.excluded = (*stream.excluded, busy)
-        try:
-            iid = await self.submit(stream, stream.request, stream.request.priority,
-                                    stream.excluded)
-        except NoInstance:
+        iid = await self._resubmit(stream, busy)
+        if iid is None:
             stream.finish(StreamEnd("error", f"instance {busy} is draining and no other "
                                     "instance is available", 503))
             return
         log.info("%s: %s is draining; sent to %s instead", stream.request_id, busy, iid)
+
+    async def _resubmit(self, stream: RequestStream, away_from: str) -> str | None:
+        """Submit ``stream`` again, with the tokens it has, anywhere but ``away_from`` and the
+        instances it left before (one more resume); None when no instance is left."""
+        stream.resumes += 1
+        stream.excluded = (*stream.excluded, away_from)
+        msg = dataclasses.replace(stream.request, output_token_ids=tuple(stream.output_ids))
+        try:
+            return await self.submit(stream, msg, msg.priority, stream.excluded)
+        except NoInstance:
+            return None
 
     # --- dispatch and submission -----------------------------------------------------------
     async def dispatch(self, request_id: str, num_prompt_tokens: int, priority: Priority,

@@ -80,10 +80,8 @@ class TicketBook:
         return None
 
     def refill(self) -> None:
-        """Fetch a ticket unless one is held fresh or a fetch is in flight."""
+        """Fetch a ticket (the held one is gone: taken or expired) unless a fetch is in flight."""
         if self._closed or self._inflight is not None:
-            return
-        if self.ticket is not None and self.clock.now() - self.ticket.issued_at <= self.ttl_s:
             return
         self._inflight = asyncio.get_running_loop().create_task(self._fill(), name="ticket")
 
@@ -106,15 +104,9 @@ class TicketBook:
 
     def _on_expiry(self) -> None:
         self._timer = None
-        if self.clock.now() - self.last_take <= self.keep_warm_s:
-            self.ticket = None
-            self.refill()  # traffic: keep a fresh one ready
-        else:
-            self.ticket = None  # idle: let it lapse
-
-    def drop(self) -> None:
-        """Forget the held ticket (e.g. its instance left)."""
         self.ticket = None
+        if self.clock.now() - self.last_take <= self.keep_warm_s:
+            self.refill()  # traffic: keep a fresh one ready; idle: let it lapse
 
     async def close(self) -> None:
         self._closed = True
