@@ -76,3 +76,22 @@ def sim_cluster(tmp_path_factory):
     cluster = start_cluster(tmp_path_factory.mktemp("mesh"), instances=2, time_scale=0.2)
     yield cluster
     cluster.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, attach the tail of every child's log (scheduler, workers, frontend) to the
+    report, so a failure seen only in CI says what the processes saw."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    tmp = item.funcargs.get("tmp_path")
+    if tmp is None:
+        return
+    for path in sorted(tmp.glob("**/logs/*.log")):
+        try:
+            lines = path.read_text(errors="replace").splitlines()[-40:]
+        except OSError:
+            continue
+        report.sections.append((f"log {path.name}", "\n".join(lines)))

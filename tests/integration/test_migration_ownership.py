@@ -8,6 +8,7 @@ import asyncio
 import json
 import signal
 import time
+import urllib.error
 import urllib.request
 
 import aiohttp
@@ -26,12 +27,25 @@ def two_workers_one_slow(tmp_path, pin: str):
     return cluster
 
 
-def order_migration(cluster, rid: str, destination: str) -> None:
+def order_migration(cluster, rid: str, destination: str, tries: int = 3) -> None:
+    """Order the migration through the admin endpoint. A 503 (the order's round trip through
+    the scheduler timed out) is retried as an operator would, at most ``tries`` times; the
+    failure message carries the endpoint's answer."""
     req = urllib.request.Request(
         cluster.base_url + "/admin/migrate",
         json.dumps({"request_id": rid, "destination": destination}).encode(),
         {"Authorization": f"Bearer {ADMIN_KEY}", "Content-Type": "application/json"})
-    assert json.loads(urllib.request.urlopen(req).read())["accepted"]
+    for attempt in range(1, tries + 1):
+        try:
+            assert json.loads(urllib.request.urlopen(req, timeout=10).read())["accepted"]
+            return
+        except urllib.error.HTTPError as exc:
+            body = exc.read().decode(errors="replace")
+            if attempt > 1 and exc.code == 409 and "already migrating" in body:
+                return  # the timed-out order did reach the source
+            if exc.code != 503 or attempt == tries:
+                raise AssertionError(f"/admin/migrate: {exc.code} {body}") from None
+            print(f"/admin/migrate attempt {attempt}: {exc.code} {body}")
 
 
 async def stream_with_fault(cluster, prompt: str, max_tokens: int, after: int, fault) -> str:
