@@ -225,7 +225,8 @@ class Bench:
             mig = self.src.migration
             mig.cfg = dataclasses.replace(mig.cfg, max_stages=1 if method == "blocking" else 3,
                                           window=self.args.window,
-                                          view_part_bytes=self.args.view_part_mib << 20)
+                                          part_bytes=self.args.part_kib << 10,
+                                          view_part_bytes=self.args.view_part_kib << 10)
             reply = await mig.start_command(MigrateCommand(1, "source", "destination",
                                                            self.dst.address, 1, (rid,)))
             assert reply.accepted, reply
@@ -309,7 +310,7 @@ class Bench:
         kv = len(s.block_ids) * self.src.engine.kv_bytes_per_token * self.src.engine.block_size
         self.layout = list(m.part_sizes)  # the raw runs also send exactly these parts
         return {"bytes": kv, "wire_bytes": s.bytes_in, "parts": s.next_stage,
-                "view_parts": len(m.part_sizes) - sum(1 for x in m.part_sizes if x <= PART),
+                "view_parts": len(m.view_stages),
                 "seconds": secs, "gbps": kv / secs / 1e9, "export_s": m.export_s,
                 "import_s": s.import_s}
 
@@ -490,8 +491,8 @@ def _summary(args, b, methods, start_raw, raw, top) -> dict:
                         "seconds": ps},
             "setup": {"model": "SmolLM2-135M-Instruct fp32", "block_size": 16,
                       "background_requests": args.background, "cpus": os.cpu_count(),
-                      "processes": 1, "transport": "ipc", "part_bytes": PART,
-                      "view_part_bytes": args.view_part_mib << 20, "window": args.window}}
+                      "processes": 1, "transport": "ipc", "part_bytes": args.part_kib << 10,
+                      "view_part_bytes": args.view_part_kib << 10, "window": args.window}}
 
 
 def report(res: dict, out: Path) -> None:
@@ -518,7 +519,7 @@ def report(res: dict, out: Path) -> None:
     rows.append(f"Transfer at {t['tokens']} tokens (blocking copy: first export on the source → "
                 f"last stage in the destination's cache): best {res['transfer_gbps']:.2f} GB/s "
                 f"(median {t['median_gbps']:.2f}, {t['timed_copies']} copies; zero-copy parts of "
-                f"{res['setup']['view_part_bytes'] >> 20} MiB, views of the source's cache, the "
+                f"{res['setup']['view_part_bytes'] / 2**20:g} MiB, views of the source's cache, the "
                 f"last part gathered); raw ZeroMQ, the same bytes as one-frame messages in the "
                 f"faster of two framings (8 MiB parts; the copy's part sizes), DEALER → ROUTER "
                 f"over ipc in this process, run just before and after each copy: best "
@@ -571,7 +572,9 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=540.0)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     p.add_argument("--window", type=int, default=4, help="pre-copy parts per engine step")
-    p.add_argument("--view-part-mib", type=int, default=16,
+    p.add_argument("--part-kib", type=int, default=PART >> 10,
+                   help="gathered part size (MigrationConfig.part_bytes)")
+    p.add_argument("--view-part-kib", type=int, default=16 << 10,
                    help="zero-copy part size (MigrationConfig.view_part_bytes; 0: gather all)")
     p.add_argument("--transfer-reps", type=int, default=5,
                    help="blocking copies of the longest length timed for transfer_gbps")
