@@ -79,10 +79,34 @@ def test_active_to_draining_via_report_then_back_to_active():
     assert rec.state is D
     r.report("w1", load(5, draining=True), now=0.75)  # stays DRAINING, no second transition
     assert rec.fsm.history == [A, D]
-    rec.fsm.transition(A)  # the scheduler cancels a scale-in (service.set_draining)
-    assert rec.state is A
-    r.report("w1", load(5, draining=False), now=1.0)
+    r.report("w1", load(5, draining=False), now=1.0)  # the worker stopped draining itself
     assert rec.fsm.history == [A, D, A]
+
+
+def test_an_undrain_order_survives_a_report_sent_before_the_worker_read_it():
+    """The race that left an active worker DRAINING for good: drain, undrain, then a report
+    the worker sent between the two orders arrives."""
+    r = Registry(1.0)
+    r.register(reg("w1"), b"i", now=0.0)
+    rec = r.order_drain("w1", True)
+    assert rec.state is D and rec.drain_order is True
+    r.report("w1", load(5, draining=False), now=0.1)  # stale: sent before the drain order
+    assert rec.state is D and rec.drain_order is True
+    r.report("w1", load(5, draining=True), now=0.2)  # confirmed
+    assert rec.state is D and rec.drain_order is None
+    r.order_drain("w1", False)  # scale-out wins back the draining instance
+    assert rec.state is A and rec.drain_order is False
+    r.report("w1", load(5, draining=True), now=0.3)  # stale: sent before the undrain order
+    assert rec.state is A and rec.drain_order is False
+    r.report("w1", load(5, draining=False), now=0.4)  # confirmed
+    assert rec.state is A and rec.drain_order is None
+    assert rec.fsm.history == [A, D, A]
+    r.report("w1", load(5, draining=True), now=0.5)  # no order pending: the worker's own drain
+    assert rec.fsm.history == [A, D, A, D]
+
+
+def test_order_drain_on_an_unknown_instance_returns_none():
+    assert Registry(1.0).order_drain("nope", True) is None
 
 
 def test_reap_uses_a_strict_timeout():

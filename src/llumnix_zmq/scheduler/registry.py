@@ -6,6 +6,20 @@ Instance lifecycle (explicit state machine)::
                     │           │
                     └──> DEAD <─┘  (missed heartbeats; removed right after)
 
+DRAINING follows the worker's own ``load.draining`` both ways, except while a drain or undrain
+the scheduler ordered (``order_drain``) is not yet confirmed by a report: reports sent before
+the worker read the order still carry the old flag, and must not undo it (an undrain followed by
+a stale "draining" report left an active worker DRAINING for good: never dispatched to, and
+blocking every later scale-in as a drain in progress).
+
+| pending order | report says          | state                         |
+|---------------|----------------------|-------------------------------|
+| none          | draining / not       | DRAINING / ACTIVE             |
+| drain         | draining             | DRAINING; order confirmed     |
+| drain         | not draining (stale) | DRAINING (as ordered)         |
+| undrain       | not draining         | ACTIVE; order confirmed       |
+| undrain       | draining (stale)     | ACTIVE (as ordered)           |
+
 Everything here is rebuilt from worker registrations and reports after a scheduler restart:
 a report from an unknown instance is answered with UNKNOWN_PEER and the worker re-registers.
 """
@@ -41,6 +55,8 @@ class InstanceRecord:
     load: InstanceLoad
     last_report: float
     fsm: StateMachine = field(default=None)  # type: ignore[assignment]
+    # a drain (True) or undrain (False) the scheduler ordered, until a report confirms it
+    drain_order: bool | None = None
 
     def __post_init__(self):
         if self.fsm is None:
@@ -82,9 +98,28 @@ class Registry:
             return None
         rec.load = load
         rec.last_report = now
-        if load.draining and rec.state is InstanceState.ACTIVE:
-            rec.fsm.transition(InstanceState.DRAINING)
+        if rec.drain_order is not None:
+            if load.draining != rec.drain_order:
+                return rec  # sent before the worker read the order: the order stands
+            rec.drain_order = None
+        self._follow(rec, load.draining)
         return rec
+
+    def order_drain(self, instance_id: str, draining: bool) -> InstanceRecord | None:
+        """The scheduler orders ``instance_id`` to drain (or to stop draining): the state
+        changes now (dispatch stops at once) and holds until a report confirms it."""
+        rec = self.records.get(instance_id)
+        if rec is None:
+            return None
+        rec.drain_order = draining
+        self._follow(rec, draining)
+        return rec
+
+    @staticmethod
+    def _follow(rec: InstanceRecord, draining: bool) -> None:
+        target = InstanceState.DRAINING if draining else InstanceState.ACTIVE
+        if rec.state is not target and rec.fsm.can(target):
+            rec.fsm.transition(target)
 
     def note_dispatch(self, instance_id: str, request_id: str, num_blocks: int,
                       num_tokens: int, priority: Priority) -> None:

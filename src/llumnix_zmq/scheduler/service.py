@@ -26,7 +26,6 @@ from ..protocol.messages import (
     DispatchReply,
     ErrorCode,
     ErrorReply,
-    InstanceState,
     InstanceTable,
     ListInstances,
     LoadReport,
@@ -155,12 +154,9 @@ class SchedulerService:
         return None  # the worker's reply is forwarded by on_migrate_reply
 
     async def set_draining(self, instance_id: str, draining: bool, stop: bool) -> bool:
-        rec = self.registry.get(instance_id)
+        rec = self.registry.order_drain(instance_id, draining)
         if rec is None:
             return False
-        target = InstanceState.DRAINING if draining else InstanceState.ACTIVE
-        if rec.state is not target and rec.fsm.can(target):
-            rec.fsm.transition(target)
         return await self.router.send(rec.identity, ScaleOrder(instance_id, draining, stop))
 
     # --- loops ----------------------------------------------------------------------------
