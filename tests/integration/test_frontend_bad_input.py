@@ -8,7 +8,7 @@ import urllib.request
 
 import pytest
 
-from conftest import ADMIN_KEY, blocks_used, expected_text, wait_for
+from conftest import blocks_used, expected_text, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -12,7 +12,7 @@ import aiohttp
 import openai
 import pytest
 
-from conftest import ADMIN_KEY, admin_get, blocks_used, expected_text, start_cluster, wait_for
+from conftest import admin_get, blocks_used, expected_text, start_cluster, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

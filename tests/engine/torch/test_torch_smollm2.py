@@ -13,7 +13,7 @@ from llumnix_zmq.engine.torch.tokenizer import load_model_tokenizer
 from llumnix_zmq.protocol.messages import FinishReason, SamplingParams
 
 from test_torch_model import check_logits_match
-from torch_engine_helpers import assert_clean, needs_smollm2, run
+from torch_engine_helpers import assert_clean, needs_smollm2
 
 pytestmark = needs_smollm2
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
