@@ -13,6 +13,7 @@ import logging
 import shlex
 import subprocess
 import sys
+import time
 
 from .local import _pdeathsig
 
@@ -61,9 +62,22 @@ class LocalProcessLauncher:
             log.info("%s exited with code %s", iid, self.procs.pop(iid).returncode)
         return gone
 
-    def close(self) -> None:
-        for iid in list(self.procs):
-            self.stop(iid)
+    def close(self, timeout: float = 8.0) -> None:
+        """Stop every child: all are told at once and share one deadline (stopping them one
+        after another could outlast whoever is stopping the scheduler)."""
+        procs, self.procs = self.procs, {}
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + timeout
+        for iid, proc in procs.items():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs: killing", iid, timeout)
+                proc.kill()
+                proc.wait()
+            log.info("stopped %s", iid)
 
 
 class ComposeLauncher:
