@@ -12,6 +12,13 @@ running step to end, then for its prefill step), and one run of 768 requests put
 about +-2 ms by chance alone (the same arrivals shifted by 3 ms move the in-process p50 by
 1 ms). So each side runs ``--seeds`` arrival schedules (the same ones for both) and the
 headline is the difference of the pooled percentiles; the per-seed differences are kept too.
+
+Where the client takes a token's time. The in-process side takes it when the engine step ends.
+The mesh side is measured twice per seed, on the same cluster: with ``wire_client.py``, which
+takes the time as the bytes reach its socket (the headline: what the mesh adds), and with the
+aiohttp load generator of serving.py, which takes it after its own event loop has parsed the
+chunk (with 64 streams a new request's first chunk waits behind ~63 others of the same step;
+kept as ``aiohttp_client`` so the two can be compared).
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from serving import BenchConfig, run_benchmark  # noqa: E402
+from serving import BenchConfig, make_prompt, run_benchmark  # noqa: E402
+from wire_client import run_wire  # noqa: E402
 
 from llumnix_zmq.clock import SystemClock  # noqa: E402
 from llumnix_zmq.engine.base import EngineRequest  # noqa: E402
@@ -159,13 +167,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def through_mesh(items, profile, time_scale, concurrency, instances, log_dir) -> dict:
-    """``concurrency`` None: open loop on the items' arrival times."""
+def through_mesh(items, profile, time_scale, concurrency, instances, log_dir,
+                 wire: bool = False) -> dict:
+    """``concurrency`` None: open loop on the items' arrival times. ``wire``: first a run with
+    wire_client.py (its per-request TTFTs under ``wire``), then the aiohttp one."""
     spec = ClusterSpec(instances=instances, port=free_port(), profile=profile,
                        time_scale=time_scale, log_level="WARNING", log_dir=log_dir)
     with LocalCluster(spec) as cluster:
         if not cluster.wait_ready(60):
             raise SystemExit("cluster did not start")
+        wire_res = _run(_wire_run(cluster.base_url, items)) if wire else None
         frontend = cluster.child("frontend").proc.pid
         cpu0 = _cpu_seconds(frontend)
         cfg = BenchConfig(base_url=cluster.base_url + "/v1", model="sim", items=items,
@@ -176,7 +187,26 @@ def through_mesh(items, profile, time_scale, concurrency, instances, log_dir) ->
         res["frontend_cpu_fraction"] = (_cpu_seconds(frontend) - cpu0) / (time.monotonic() - t0)
         res["frontend_ttft_ms_mean"] = _frontend_ttft_mean(cluster.base_url)
         res["dispatch_tickets"] = _tickets(cluster.base_url)
+        if wire_res is not None:
+            res["wire"] = wire_res
         return res
+
+
+async def _wire_run(base_url: str, items) -> dict:
+    """The items through wire_client.py: TTFT as the bytes reach the client's socket."""
+    cfg = BenchConfig(base_url=base_url + "/v1", model="sim")
+
+    def body(i, item):
+        prompt = make_prompt(item.prompt_tokens, cfg.prompt_mode,
+                             np.random.default_rng([cfg.seed, i]))
+        return {"model": "sim", "prompt": prompt, "max_tokens": item.output_tokens,
+                "stream": True, "temperature": 0.0, "ignore_eos": True}
+
+    res = await run_wire(base_url + "/v1", items, body)
+    ok = [r for r in res if r.error is None and r.ttft is not None]
+    return {"ttfts_ms": [r.ttft * 1e3 for r in ok], "completed": len(ok),
+            "errors": len(res) - len(ok),
+            "first_errors": [r.error for r in res if r.error][:3]}
 
 
 def _run(coro):
@@ -237,32 +267,39 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     log_dir = str(ROOT / "bench/results/.logs")
     seeds = list(range(1, a.seeds + 1))
-    base_ttft, mesh_ttft, per_seed = [], [], []
+    base_ttft, mesh_ttft, http_ttft, per_seed = [], [], [], []
     for seed in seeds:
         items = build_workload(f"fixed:{a.prompt}-{a.output}", a.requests, rate=a.rate,
                                arrival="poisson", seed=seed)
         base = _run(inprocess(items, a.profile, a.time_scale))
         # the same prompt length on both sides: the byte tokenizer adds a BOS to N letters
         letters = [dataclasses.replace(i, prompt_tokens=i.prompt_tokens - 1) for i in items]
-        mesh = through_mesh(letters, a.profile, a.time_scale, None, 1, log_dir)
+        mesh = through_mesh(letters, a.profile, a.time_scale, None, 1, log_dir, wire=True)
         b_t = base.pop("ttfts_ms")
-        m_t = [r["ttft"] * 1e3 for r in mesh.pop("per_request") if r.get("ttft") is not None]
+        wire = mesh.pop("wire")
+        m_t = wire.pop("ttfts_ms")
+        h_t = [r["ttft"] * 1e3 for r in mesh.pop("per_request") if r.get("ttft") is not None]
         base_ttft += b_t
         mesh_ttft += m_t
-        row = {"seed": seed, "inprocess": base,
+        http_ttft += h_t
+        row = {"seed": seed, "inprocess": base, "wire": wire,
                "mesh": {k: mesh[k] for k in ("ttft_ms", "e2e_ms", "itl_ms", "completed",
                                              "errors", "frontend_cpu_fraction",
                                              "frontend_ttft_ms_mean", "dispatch_tickets")},
                "added_ttft_ms_p50": pct(m_t, 50) - pct(b_t, 50),
                "added_ttft_ms_p99": pct(m_t, 99) - pct(b_t, 99),
                "added_ttft_ms_mean": float(np.mean(m_t) - np.mean(b_t)),
+               "aiohttp_client_added_ttft_ms_p50": pct(h_t, 50) - pct(b_t, 50),
+               "aiohttp_client_added_ttft_ms_p99": pct(h_t, 99) - pct(b_t, 99),
                "added_ttft_ms_mean_at_frontend": mesh["frontend_ttft_ms_mean"]
                - base["ttft_ms"]["mean"],
                "added_e2e_ms_p50": mesh["e2e_ms"]["p50"] - base["e2e_ms"]["p50"]}
         per_seed.append(row)
         print(f"seed {seed}: added TTFT p50 {row['added_ttft_ms_p50']:.2f} ms, p99 "
               f"{row['added_ttft_ms_p99']:.2f} ms, mean {row['added_ttft_ms_mean']:.2f} ms "
-              f"(tickets {mesh['dispatch_tickets']})", flush=True)
+              f"(aiohttp client: p50 {row['aiohttp_client_added_ttft_ms_p50']:.2f}, p99 "
+              f"{row['aiohttp_client_added_ttft_ms_p99']:.2f}; wire errors {wire['errors']}; "
+              f"tickets {mesh['dispatch_tickets']})", flush=True)
     tp_items = [WorkItem(0.0, 16, a.throughput_output) for _ in range(a.concurrency * 2)]
     tp = through_mesh(tp_items, a.profile, 0.0, a.concurrency, 2, log_dir)
     floor = hop_floor()
@@ -272,7 +309,8 @@ def main(argv=None) -> int:
     out = {
         "config": vars(a),
         "method": "difference of pooled TTFT percentiles over the seeds (same arrival "
-                  "schedules on both sides); per_seed holds each run",
+                  "schedules on both sides); mesh TTFT taken as the first token's bytes reach "
+                  "the client's socket (wire_client.py); per_seed holds each run",
         "inprocess_ttft_ms": {"p50": pct(base_ttft, 50), "p99": pct(base_ttft, 99),
                               "mean": float(np.mean(base_ttft)), "n": len(base_ttft)},
         "mesh_ttft_ms": {"p50": pct(mesh_ttft, 50), "p99": pct(mesh_ttft, 99),
@@ -280,6 +318,13 @@ def main(argv=None) -> int:
         "added_ttft_ms_p50": added_p50,
         "added_ttft_ms_p99": added_p99,
         "added_ttft_ms_mean": float(np.mean(mesh_ttft) - np.mean(base_ttft)),
+        "aiohttp_client": {
+            "what": "the same mesh runs measured by serving.py's aiohttp load generator (time "
+                    "taken after its event loop parsed the chunk)",
+            "mesh_ttft_ms": {"p50": pct(http_ttft, 50), "p99": pct(http_ttft, 99),
+                             "mean": float(np.mean(http_ttft)), "n": len(http_ttft)},
+            "added_ttft_ms_p50": pct(http_ttft, 50) - pct(base_ttft, 50),
+            "added_ttft_ms_p99": pct(http_ttft, 99) - pct(base_ttft, 99)},
         "added_ttft_ms_mean_at_frontend": float(np.mean(
             [r["added_ttft_ms_mean_at_frontend"] for r in per_seed])),
         "per_seed": per_seed,
@@ -296,6 +341,9 @@ def main(argv=None) -> int:
     for q in ("p50", "p99", "mean"):
         b, m = out["inprocess_ttft_ms"][q], out["mesh_ttft_ms"][q]
         print(f"{q:16} {b:12.2f} {m:12.2f} {m - b:10.2f}")
+    h = out["aiohttp_client"]
+    print(f"{'  aiohttp client':16} {'':12} {h['mesh_ttft_ms']['p50']:12.2f} "
+          f"{h['added_ttft_ms_p50']:10.2f}   (p50; p99 added {h['added_ttft_ms_p99']:.2f})")
     print(f"added TTFT mean at the frontend (accepted -> first token in): "
           f"{out['added_ttft_ms_mean_at_frontend']:.2f} ms")
     print(f"one idle process-to-process ZeroMQ hop (the floor; the request path takes four): "
