@@ -1,0 +1,140 @@
+"""bench/wire_client.py: the byte-timestamping SSE client. Its parser is fed responses split at
+awkward places through a fake transport; then one real run against an aiohttp server on
+127.0.0.1 checks the pool and the open loop end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("bench_wire_client", REPO / "bench" / "wire_client.py")
+wire = importlib.util.module_from_spec(spec)
+sys.modules["bench_wire_client"] = wire
+spec.loader.exec_module(wire)
+
+
+class FakeTransport:
+    def __init__(self):
+        self.written = b""
+        self.closed = False
+
+    def write(self, data):
+        self.written += data
+
+    def close(self):
+        self.closed = True
+
+
+def sse(obj) -> bytes:
+    return b"data: " + (obj if isinstance(obj, bytes) else json.dumps(obj).encode()) + b"\n\n"
+
+
+def chunked(*parts: bytes) -> bytes:
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+
+
+HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+def text_chunk(t: str) -> dict:
+    return {"choices": [{"index": 0, "text": t}]}
+
+
+def feed(pieces: list[bytes], times: list[float]):
+    """Run one request on a _Conn, delivering ``pieces`` with perf_counter reading ``times``."""
+    async def main():
+        conn = wire._Conn()
+        conn.connection_made(FakeTransport())
+        res = wire.WireResult(0)
+        fut = conn.request(b"POST / HTTP/1.1\r\n\r\n", res)
+        res.start = 100.0
+        clock = iter(times)
+        real = wire.time.perf_counter
+        wire.time.perf_counter = lambda: next(clock)
+        try:
+            for p in pieces:
+                conn.data_received(p)
+        finally:
+            wire.time.perf_counter = real
+        assert fut.done()
+        return res, conn
+    return asyncio.run(main())
+
+
+def test_first_text_chunk_is_stamped_with_the_arrival_of_its_bytes_even_split_across_reads():
+    body = chunked(sse(text_chunk("")), sse(text_chunk("Hi")), sse(text_chunk(" there")),
+                   sse(b"[DONE]"))
+    raw = HEAD + body
+    cut1 = raw.index(b"Hi") - 3  # the first text event straddles reads 2 and 3
+    cut2 = raw.index(b"\n\n", cut1) + 2  # read 3 ends right after it
+    pieces = [raw[:len(HEAD) + 5], raw[len(HEAD) + 5:cut1], raw[cut1:cut2], raw[cut2:]]
+    res, conn = feed(pieces, [100.010, 100.020, 100.030, 100.040])
+    assert res.error is None
+    assert round(res.ttft, 6) == 0.030  # the read that completed the "Hi" event
+    assert round(res.e2e, 6) == 0.040
+    assert res.chunks == 2
+    assert conn.transport.written == b"POST / HTTP/1.1\r\n\r\n"
+
+
+def test_content_length_body_and_delta_content_chat_chunks():
+    body = sse({"choices": [{"delta": {"role": "assistant"}}]}) + \
+        sse({"choices": [{"delta": {"content": "ok"}}]}) + sse(b"[DONE]")
+    raw = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+    res, _ = feed([raw[:40], raw[40:]], [100.5, 100.7])
+    assert (res.error, round(res.ttft, 6), round(res.e2e, 6), res.chunks) == (None, 0.7, 0.7, 1)
+
+
+def test_non_200_and_stream_errors_end_the_request_with_a_clear_error():
+    res, _ = feed([b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}"], [101.0])
+    assert res.error == "HTTP 503 Service Unavailable" and res.ttft is None
+    err = HEAD + chunked(sse({"error": {"message": "boom"}}))
+    res, _ = feed([err], [101.0])
+    assert res.error.startswith("stream error") and res.ttft is None
+
+
+def test_run_wire_against_a_local_server_reuses_warm_connections():
+    peers = set()
+
+    async def handler(request):
+        body = await request.json()
+        peers.add(request.transport.get_extra_info("peername"))
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        for i in range(body["max_tokens"]):
+            await resp.write(sse(text_chunk(f"t{i}")))
+        await resp.write(sse(b"[DONE]"))
+        await resp.write_eof()
+        return resp
+
+    class Item:
+        def __init__(self, arrival_s, n):
+            self.arrival_s, self.output_tokens = arrival_s, n
+
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v1/completions", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            items = [Item(i * 0.05, 3 + i % 3) for i in range(6)]  # one at a time
+            return await wire.run_wire(f"http://127.0.0.1:{port}/v1", items,
+                                       lambda i, it: {"max_tokens": it.output_tokens}, warm=2,
+                                       timeout=10)
+        finally:
+            await runner.cleanup()
+
+    res = asyncio.run(main())
+    assert [r.error for r in res] == [None] * 6
+    assert [r.chunks for r in res] == [3, 4, 5, 3, 4, 5]
+    assert all(0 < r.ttft <= r.e2e for r in res)
+    assert len(peers) == 1  # kept alive: each request took the connection the last one freed
