@@ -273,10 +273,13 @@ def no_internal(replies) -> None:
 def check_scheduler(frames, replies) -> None:
     msg, owed = codec_answer(frames, "scheduler", SCHEDULER_HANDLED)
     # orders the scheduler sends to an instance we registered from this socket, and forwarded
-    # migration replies, may arrive at any time: they are not answers to ``msg``
+    # migration replies, may arrive at any time: they are not answers to ``msg`` (a worker's
+    # reply to an earlier MigrateCommand, forwarded after that example's sentinel, lands in a
+    # later window: only a reply carrying this command's id answers this one)
     replies = [r for r in replies if not isinstance(r, (m.MigrateCommand, m.ScaleOrder))
                and not (isinstance(r, m.MigrateCommandReply)
-                        and not isinstance(msg, m.MigrateCommand))]
+                        and (not isinstance(msg, m.MigrateCommand)
+                             or r.command_id != msg.command_id))]
     if owed is not None:
         assert replies == [owed]
         return

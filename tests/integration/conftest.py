@@ -6,6 +6,7 @@ import json
 import socket
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -86,10 +87,13 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     if report.when != "call" or not report.failed:
         return
+    dirs = [Path(v.spec.log_dir) for v in item.funcargs.values()  # clusters of any fixture
+            if getattr(getattr(v, "spec", None), "log_dir", "")]
     tmp = item.funcargs.get("tmp_path")
-    if tmp is None:
-        return
-    for path in sorted(tmp.glob("**/logs/*.log")):
+    paths = [p for d in dirs for p in d.glob("*.log")]
+    if tmp is not None:
+        paths += tmp.glob("**/logs/*.log")
+    for path in sorted(set(paths)):
         try:
             lines = path.read_text(errors="replace").splitlines()[-40:]
         except OSError:

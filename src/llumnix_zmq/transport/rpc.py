@@ -12,6 +12,7 @@ import logging
 from typing import Callable
 
 import zmq
+import zmq.asyncio
 
 from ..protocol.codec import DecodeError, decode, encode
 from ..protocol.messages import ErrorCode, ErrorReply, Message
@@ -105,12 +106,29 @@ class RpcClient:
 
 
 def send_nowait(sock, frames) -> bool:
-    sync = zmq.Socket.shadow(sock.underlying) if hasattr(sock, "underlying") else sock
+    """Send without waiting: False (nothing sent, nothing queued) when the pipe is full or
+    absent. On an asyncio socket this goes through the socket itself, never a sync shadow: a
+    send processes the socket's pending commands and clears its FD's readiness, so a message
+    that had just arrived would raise no event and a receive already waiting on the socket
+    would never wake. pyzmq's own non-blocking send re-checks the events for its receivers
+    (tests/transport/test_send_nowait.py)."""
+    if isinstance(sock, zmq.asyncio.Socket):
+        fut = sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        if not fut.done():  # behind sends already waiting: it goes out after them (or not)
+            fut.add_done_callback(_retrieve)
+            return True
+        return fut.exception() is None
     try:
-        sync.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         return True
     except zmq.Again:
         return False
+
+
+def _retrieve(fut: asyncio.Future) -> None:
+    """A queued nowait send that failed (EAGAIN) is dropped, as when it fails at once."""
+    if not fut.cancelled() and fut.exception() is not None:
+        log.debug("nowait send dropped: %s", fut.exception())
 
 
 async def send_routed(sock, identity: bytes, msg: Message, raw=()) -> bool:
