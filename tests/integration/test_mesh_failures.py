@@ -36,7 +36,7 @@ def test_disconnecting_client_frees_blocks(sim_cluster):
     assert wait_for(lambda: sum(blocks_used(sim_cluster).values()) == 0, 5), \
         blocks_used(sim_cluster)
 
-    def idle():  # a dispatch ticket fetched meanwhile counts as queued until the next report
+    def idle():  # a dispatch counts as queued on the scheduler until the next report
         inst = admin_get(sim_cluster, "/admin/instances")["instances"]
         return all(i["running"] == 0 and i["waiting"] == 0 for i in inst)
 

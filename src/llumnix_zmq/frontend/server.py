@@ -17,7 +17,7 @@ import uuid
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..protocol.messages import GenerateRequest
+from ..protocol.messages import GenerateRequest, InstanceInfo
 from .api import ApiError, ParsedRequest, parse_request
 from .cluster import Cluster, NoInstance
 from .streams import RequestStream, StreamEnd
@@ -305,15 +305,8 @@ class FrontendServer:
 
     async def admin_instances(self, request: web.Request):
         self.check_admin(request)
-        out = []
-        for info in sorted(self.cluster.instances.values(), key=lambda i: i.instance_id):
-            load = info.load
-            out.append({"id": info.instance_id, "address": info.address,
-                        "state": info.state.name.lower(),
-                        "blocks_used": load.num_blocks_used, "blocks_total": load.num_blocks_total,
-                        "running": load.num_running, "waiting": load.num_waiting,
-                        "request_ids": [r.request_id for r in load.requests if r.running],
-                        "waiting_ids": [r.request_id for r in load.requests if not r.running]})
+        out = [admin_row(info) for info in sorted(self.cluster.instances.values(),
+                                                  key=lambda i: i.instance_id)]
         return web.json_response({"instances": out, "scheduler": self.cluster.scheduler_ok})
 
     async def admin_migrate(self, request: web.Request):
@@ -379,3 +372,19 @@ def _depth(obj, limit: int = MAX_JSON_DEPTH + 1) -> int:
         elif isinstance(cur, list):
             stack.extend((v, d + 1) for v in cur)
     return deepest
+
+
+def admin_row(info: InstanceInfo) -> dict:
+    """One instance of ``GET /admin/instances``. The scheduler counts each dispatch decision as
+    a request queued on its instance until that instance's next report; a dispatch ticket's
+    decision (frontend/tickets.py) is for a request that has not arrived, so it has no id: it
+    is shown as ``pending_dispatches``, never as a waiting request (an id "" is no request)."""
+    load = info.load
+    pending = sum(1 for r in load.requests if not r.running and not r.request_id)
+    return {"id": info.instance_id, "address": info.address, "state": info.state.name.lower(),
+            "blocks_used": load.num_blocks_used, "blocks_total": load.num_blocks_total,
+            "running": load.num_running, "waiting": max(0, load.num_waiting - pending),
+            "pending_dispatches": pending,
+            "request_ids": [r.request_id for r in load.requests if r.running],
+            "waiting_ids": [r.request_id for r in load.requests
+                            if not r.running and r.request_id]}
