@@ -44,16 +44,8 @@ class LocalProcessLauncher:
 
     def stop(self, instance_id: str) -> None:
         proc = self.procs.pop(instance_id, None)
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        log.info("stopped %s", instance_id)
+        if proc is not None:
+            _terminate({instance_id: proc}, 10.0)
 
     def reap(self) -> list[str]:
         """Children that exited by themselves (a drained worker stops when empty)."""
@@ -66,18 +58,23 @@ class LocalProcessLauncher:
         """Stop every child: all are told at once and share one deadline (stopping them one
         after another could outlast whoever is stopping the scheduler)."""
         procs, self.procs = self.procs, {}
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        deadline = time.monotonic() + timeout
-        for iid, proc in procs.items():
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0fs: killing", iid, timeout)
-                proc.kill()
-                proc.wait()
-            log.info("stopped %s", iid)
+        _terminate(procs, timeout)
+
+
+def _terminate(procs: dict[str, subprocess.Popen], timeout: float) -> None:
+    """SIGTERM every live child, then wait for all under one deadline; kill the stubborn."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.terminate()
+    deadline = time.monotonic() + timeout
+    for iid, proc in procs.items():
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0fs: killing", iid, timeout)
+            proc.kill()
+            proc.wait()
+        log.info("stopped %s", iid)
 
 
 class ComposeLauncher:

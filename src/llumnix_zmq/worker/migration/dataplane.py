@@ -9,7 +9,7 @@ stays under ``part_bytes`` (the ROUTER drops peers sending a frame over ``MAXMSG
 round is split into several PRE_ALLOC messages by the source.
 
 Zero-copy parts: where the engine can (``export_block_views``), a full part is sent as views of
-the source's cache itself (no gather copy, libzmq reads the pool); see source.py for why those
+the source's cache itself (no gather copy, libzmq reads the pool); see parts.py for why those
 bytes cannot change before the destination has them. Other parts are gathered:
 
 Send buffers (``SendBuffers``): engines that can (``export_blocks_into``) gather each stage into

@@ -3,9 +3,9 @@ migration protocol runs in one event loop with a FakeClock and no sockets.
 
 ``InMemoryNetwork`` encodes and decodes every message with the real codec (raw frames copied to
 ``bytes``, as the wire would: when sent, or with ``lazy_frames`` only when delivered, as libzmq
-reads zero-copy frames whenever its I/O thread gets to them), delivers each node's input in order through one consumer task
-(like the worker's Router), and can drop, duplicate, hold back or reroute messages, or kill a
-node (everything to and from it vanishes).
+reads zero-copy frames whenever its I/O thread gets to them), delivers each node's input in
+order through one consumer task (like the worker's Router), and can drop, duplicate, hold back
+or reroute messages, or kill a node (everything to and from it vanishes).
 """
 
 from __future__ import annotations
