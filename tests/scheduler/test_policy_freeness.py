@@ -37,6 +37,19 @@ def test_running_blocks_only():
     assert freeness(ld, CFG) == 35.0
 
 
+def test_blocks_reserved_for_no_running_request_count_as_used():
+    # 30 blocks run; 12 more are in use (pre-allocated for an incoming migration): not free
+    run = (req("a", 10), req("b", 20))
+    ld = InstanceLoad(100, 42, 2, 0, requests=run, num_migrating_in=1)
+    assert summarize(ld).reserved_blocks == 12
+    assert virtual_usage(ld, CFG) == 42.0
+    assert freeness(ld, CFG) == 29.0
+    # a report counting fewer used blocks than its running requests hold reserves nothing
+    ld = InstanceLoad(100, 25, 2, 0, requests=run)
+    assert summarize(ld).reserved_blocks == 0
+    assert virtual_usage(ld, CFG) == 30.0
+
+
 def test_head_of_line_demand_counted_once():
     # waiting w1 (15) is the head; w2 (40) behind it is not counted
     ld = load(100, req("a", 10), req("w1", 15, running=False), req("b", 20),

@@ -3,6 +3,9 @@
 Per instance, from its last ``InstanceLoad``::
 
     ΣV = Σ real blocks of RUNNING requests                     (physical usage)
+       + blocks held for no running request                     (reserved: e.g. blocks
+         (num_blocks_used − the above, when positive)            pre-allocated for an
+                                                                 incoming migration)
        + demand of the head-of-line WAITING request             (de-fragmentation; once)
        + headroom_blocks × number of RUNNING HIGH requests       (priority headroom)
        = +inf when the instance is draining                      (scale-in via migration)
@@ -113,6 +116,9 @@ class LoadSummary:
     num_waiting: int
     num_high_running: int
     num_normal_running: int
+    # blocks in use that no running request holds: an incoming migration's pre-allocation
+    # (its request is not running here yet), a suspended request's
+    reserved_blocks: int = 0
 
 
 # Memo of summaries by load identity. Reports are immutable and replaced whole, so a load seen
@@ -151,7 +157,8 @@ def _summarize(load: InstanceLoad) -> LoadSummary:
         else:
             rest += r.num_blocks
             n_wait += 1
-    return LoadSummary(running_blocks, head, rest, n_run, n_wait, n_high, n_run - n_high)
+    return LoadSummary(running_blocks, head, rest, n_run, n_wait, n_high, n_run - n_high,
+                       max(0, load.num_blocks_used - running_blocks))
 
 
 def is_draining(info_or_load: InstanceInfo | InstanceLoad) -> bool:
@@ -162,7 +169,8 @@ def is_draining(info_or_load: InstanceInfo | InstanceLoad) -> bool:
 
 def usage_blocks(s: LoadSummary, headroom_blocks: int) -> int:
     """ΣV of a non-draining instance."""
-    return s.running_blocks + s.head_demand + headroom_blocks * s.num_high_running
+    return (s.running_blocks + s.reserved_blocks + s.head_demand
+            + headroom_blocks * s.num_high_running)
 
 
 def virtual_usage(load: InstanceLoad, cfg: PolicyConfig, *, draining: bool = False) -> float:
