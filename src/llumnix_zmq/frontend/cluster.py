@@ -323,6 +323,8 @@ class Cluster:
                 self.apply_deltas(msg.instance_id, [d for d in msg.items if d.start_index != 0])
             else:
                 self.apply_deltas(msg.instance_id, msg.items)
+                if first:  # a worker's first-tokens batch: their handlers write before the
+                    await asyncio.sleep(0)  # step's main batch (likely queued already) is read
 
     def apply_deltas(self, instance_id: str, deltas) -> None:
         applied = 0
