@@ -1,6 +1,7 @@
 """The ``sim`` engine backend: a latency model over real block accounting (no model, no GPU)."""
 
-from .engine import SimConfig, SimEngine, prompt_hash, pseudo_token, pseudo_tokens
+from .engine import SimConfig, SimEngine
+from .tokens import prompt_hash, pseudo_token, pseudo_tokens
 from .profiles import DEFAULT_PROFILE, PROFILES, LatencyProfile, fit_profiles, get_profile
 
 __all__ = [

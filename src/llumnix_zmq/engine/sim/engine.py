@@ -41,43 +41,20 @@ in ``num_running`` or ``has_work()``. ``import_request`` adopts a request even p
 
 from __future__ import annotations
 
-import hashlib
 from collections import deque
 from dataclasses import dataclass
-from enum import Enum
-from typing import Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
 from ...clock import Clock, SystemClock
-from ...protocol.messages import FinishReason, InstanceLoad, Priority, RequestLoad, RequestState, TokenDelta
-from ..base import Engine, EngineError, EngineRequest, MigrationCandidate, StepResult
+from ...protocol.messages import FinishReason, InstanceLoad, Priority, RequestLoad, TokenDelta
+from ..base import Engine, EngineError, EngineRequest, StepResult
 from ..blocks import BlockAllocator, blocks_for_tokens
+from .migration import SimMigrationHooks
 from .profiles import DEFAULT_PROFILE, get_profile
-
-_M64 = (1 << 64) - 1
-_ALPHABET = tuple(range(97, 123)) + (32,) * 6  # 32 symbols: ~1 space in 5 letters
-
-
-def prompt_hash(prompt_token_ids: Sequence[int], seed: Optional[int] = None) -> int:
-    """Stable 64-bit key of a request's token stream (seed None counts as 0)."""
-    h = hashlib.blake2b(digest_size=8)
-    h.update(np.asarray(prompt_token_ids, dtype=np.int64).tobytes())
-    h.update(((seed or 0) & _M64).to_bytes(8, "little"))
-    return int.from_bytes(h.digest(), "little")
-
-
-def pseudo_token(prompt_ids_hash: int, index: int) -> int:
-    """The token at output index ``index`` (splitmix64 of key and index, into the alphabet)."""
-    x = (prompt_ids_hash + (index + 1) * 0x9E3779B97F4A7C15) & _M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return _ALPHABET[(x ^ (x >> 31)) & 31]
-
-
-def pseudo_tokens(prompt_token_ids: Sequence[int], seed: Optional[int], start: int, end: int) -> list[int]:
-    key = prompt_hash(prompt_token_ids, seed)
-    return [pseudo_token(key, i) for i in range(start, end)]
+from .requests import _Batch, _Req, _Status
+from .tokens import pseudo_token
 
 
 @dataclass
@@ -94,56 +71,7 @@ class SimConfig:
     model_name: str = "sim"
 
 
-class _Status(Enum):
-    WAITING = "waiting"
-    RUNNING = "running"
-    SUSPENDED = "suspended"
-
-
-class _Req:
-    __slots__ = (
-        "request_id", "tokens", "num_prompt", "sampling", "priority", "frontend_address",
-        "arrival_time", "key", "stop", "max_len", "blocks", "num_computed", "status",
-        "in_decode", "running_since",
-    )
-
-    def __init__(self, rid, prompt, outputs, sampling, priority, frontend_address, arrival_time, max_len):
-        self.request_id = rid
-        self.tokens = [int(t) for t in prompt] + [int(t) for t in outputs]
-        self.num_prompt = len(prompt)
-        self.sampling = sampling
-        self.priority = Priority(priority)
-        self.frontend_address = frontend_address
-        self.arrival_time = arrival_time
-        self.key = prompt_hash(prompt, sampling.seed)
-        self.stop = frozenset(sampling.stop_token_ids)
-        self.max_len = min(max_len, self.num_prompt + sampling.max_tokens)
-        self.blocks: list[int] = []
-        self.num_computed = 0
-        self.status = _Status.WAITING
-        self.in_decode = False  # prefill done: each step computes 1 position and samples
-        self.running_since: Optional[float] = None
-
-
-class _Batch:
-    """The plan of one step: request id -> positions to compute, in execution order."""
-
-    __slots__ = ("plan", "budget", "num_preempted", "prefill_tokens")
-
-    def __init__(self, budget: int):
-        self.plan: dict[str, int] = {}
-        self.budget = budget
-        self.num_preempted = 0
-        self.prefill_tokens = 0
-
-    def add(self, r: _Req, n: int) -> None:
-        self.plan[r.request_id] = n
-        self.budget -= n
-        if not r.in_decode:
-            self.prefill_tokens += n
-
-
-class SimEngine(Engine):
+class SimEngine(SimMigrationHooks, Engine):
     kind = "sim"
 
     def __init__(self, config: Optional[SimConfig] = None, clock: Optional[Clock] = None):
@@ -424,115 +352,6 @@ class SimEngine(Engine):
             raise AssertionError(f"leak: {self._alloc.num_used} used, {len(owned)} owned")
         if len(self._requests) != len(self._running) + len(self._suspended) + self.num_waiting():
             raise AssertionError("request registry and queues disagree")
-
-    # --- migration hooks -----------------------------------------------------------------
-    def migration_candidates(self) -> list[MigrationCandidate]:
-        return [
-            MigrationCandidate(r.request_id, len(r.tokens), len(r.blocks), r.priority,
-                               r.arrival_time, r.running_since)
-            for r in self._running.values() if r.in_decode
-        ]
-
-    def num_full_blocks(self, request_id: str) -> int:
-        return self._admitted(request_id).num_computed // self.block_size
-
-    def export_blocks(self, request_id: str, start: int, end: int) -> list:
-        r = self._admitted(request_id)
-        if not 0 <= start <= end <= len(r.blocks):
-            raise EngineError(f"{request_id}: blocks [{start}, {end}) outside its {len(r.blocks)}")
-        return [self._kv[r.blocks[start:end]]]  # fancy indexing: a contiguous copy
-
-    def reserve_blocks(self, n: int) -> list[int] | None:
-        if n < 0:
-            raise EngineError("negative reservation")
-        if not self._alloc.can_allocate(n):
-            return None
-        ids = self._allocate(n)
-        self._reserved.update(ids)
-        return ids
-
-    def import_blocks(self, block_ids: list[int], frames: list) -> None:
-        self._check_reserved(block_ids)
-        if not block_ids:
-            return
-        if len(frames) != 1:
-            raise EngineError(f"expected one frame, got {len(frames)}")
-        self._kv[block_ids] = self._frame_array(frames[0], len(block_ids))
-
-    def _frame_array(self, frame, n: int) -> np.ndarray:
-        shape = (n, self.block_size)
-        if isinstance(frame, np.ndarray):
-            if frame.dtype != np.int32 or frame.shape != shape:
-                raise EngineError(f"frame {frame.dtype}{frame.shape}, expected int32{shape}")
-            return frame
-        try:
-            buf = memoryview(frame).cast("B")
-        except TypeError as exc:
-            raise EngineError(f"frame is not a buffer: {type(frame).__name__}") from exc
-        if buf.nbytes != n * self.block_size * 4:
-            raise EngineError(f"frame of {buf.nbytes} bytes, expected {n * self.block_size * 4}")
-        return np.frombuffer(buf, dtype=np.int32).reshape(shape)
-
-    def release_blocks(self, block_ids: list[int]) -> None:
-        self._check_reserved(block_ids)
-        self._reserved.difference_update(block_ids)
-        self._alloc.free(block_ids)
-
-    def _check_reserved(self, block_ids: list[int]) -> None:
-        if len(set(block_ids)) != len(block_ids) or not self._reserved.issuperset(block_ids):
-            raise EngineError(f"blocks not reserved (or repeated): {list(block_ids)[:8]}")
-
-    def suspend(self, request_id: str) -> None:
-        r = self._get(request_id)
-        if r.status is not _Status.RUNNING:
-            raise EngineError(f"cannot suspend {request_id}: {r.status.value}")
-        del self._running[request_id]
-        r.status = _Status.SUSPENDED
-        self._suspended[request_id] = r
-
-    def resume(self, request_id: str) -> None:
-        r = self._get(request_id)
-        if r.status is not _Status.SUSPENDED:
-            raise EngineError(f"cannot resume {request_id}: {r.status.value}")
-        del self._suspended[request_id]
-        r.status = _Status.RUNNING
-        self._running[request_id] = r
-
-    def export_state(self, request_id: str) -> RequestState:
-        r = self._admitted(request_id)
-        return RequestState(
-            request_id=r.request_id,
-            frontend_address=r.frontend_address,
-            prompt_token_ids=tuple(r.tokens[: r.num_prompt]),
-            output_token_ids=tuple(r.tokens[r.num_prompt:]),
-            sampling=r.sampling,
-            priority=r.priority,
-            num_computed_tokens=r.num_computed,
-            arrival_time=r.arrival_time,
-        )
-
-    def import_request(self, state: RequestState, block_ids: list[int]) -> None:
-        rid = state.request_id
-        if rid in self._requests:
-            raise EngineError(f"duplicate request id {rid!r}")
-        self._check_reserved(block_ids)
-        r = self._new_req(rid, state.prompt_token_ids, state.output_token_ids, state.sampling,
-                          state.priority, state.frontend_address, state.arrival_time)
-        nc = state.num_computed_tokens
-        if not 0 <= nc < len(r.tokens) or len(block_ids) < blocks_for_tokens(nc, self.block_size):
-            raise EngineError(f"{rid}: {nc} computed of {len(r.tokens)} tokens in {len(block_ids)} blocks")
-        expected = np.full(len(block_ids) * self.block_size, -1, dtype=np.int32)
-        expected[:nc] = r.tokens[:nc]
-        if not np.array_equal(self._kv[block_ids].reshape(-1), expected):
-            raise EngineError(f"{rid}: imported KV blocks do not match its tokens")
-        self._reserved.difference_update(block_ids)
-        r.blocks = list(block_ids)
-        r.num_computed = nc
-        r.in_decode = r.num_prompt < len(r.tokens) and nc == len(r.tokens) - 1
-        r.status = _Status.RUNNING
-        r.running_since = self._clock.now()
-        self._requests[rid] = r
-        self._running[rid] = r
 
     def remove_request(self, request_id: str) -> None:
         self._drop(self._get(request_id))
