@@ -154,3 +154,27 @@ def test_only_fresh_active_instances(policy):
 def test_unknown_policy():
     with pytest.raises(ValueError):
         go("fastest", [A])
+
+
+def test_the_fast_dispatch_key_equals_dispatch_freeness_exactly():
+    """dispatch() scores instances with a precomputed key (_dispatch_freeness_key); it must be
+    the documented F_d to the last bit, for every kind of report."""
+    from llumnix_zmq.scheduler.policy.dispatch import _dispatch_freeness_key
+
+    rng = random.Random(7)
+    infos = []
+    for n in range(300):
+        reqs = [req(f"r{k}", rng.randint(1, 40), running=rng.random() < 0.7,
+                    high=rng.random() < 0.2) for k in range(rng.randint(0, 12))]
+        run = sum(r.num_blocks for r in reqs if r.running)
+        used = run + (rng.randint(0, 30) if n % 3 == 0 else 0)  # reserved blocks on some
+        bs = rng.choice((16, 32))
+        ld = InstanceLoad(rng.randint(100, 900), used, sum(r.running for r in reqs),
+                          sum(not r.running for r in reqs), block_size=bs,
+                          requests=tuple(reqs) if n % 5 else ())
+        infos.append(InstanceInfo(f"w-{n}", "tcp://x", InstanceState.ACTIVE, ld))
+    for headroom in (0, 4):
+        for prompt in (1, 17, 300, 5000):
+            key = _dispatch_freeness_key(headroom, prompt)
+            for info in infos:
+                assert key(info) == (dispatch_freeness(info, headroom, prompt),)

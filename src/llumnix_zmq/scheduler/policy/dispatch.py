@@ -40,7 +40,6 @@ from .freeness import (
     PolicyConfig,
     blocks_for_tokens,
     id_order_key,
-    is_fresh,
     summarize,
     usage_blocks,
 )
@@ -63,12 +62,13 @@ class RoundRobinState:
 def eligible(
     instances: Iterable[InstanceInfo], cfg: PolicyConfig, exclude: Sequence[str] = ()
 ) -> list[InstanceInfo]:
+    active, stale = InstanceState.ACTIVE, cfg.report_staleness_s  # is_fresh, inlined (hot)
     return [
         i
         for i in instances
-        if i.state == InstanceState.ACTIVE
+        if i.state == active
         and not i.load.draining
-        and is_fresh(i, cfg)
+        and i.report_age_s <= stale
         and i.instance_id not in exclude
     ]
 
@@ -107,10 +107,8 @@ def dispatch(
     headroom = 0 if policy == "llumnix-base" else cfg.effective_headroom
     if priority == Priority.HIGH and headroom > 0:
         return _argmax(cands, lambda i: _free_virtual(i, headroom), rng), f"{policy}:headroom"
-    return (
-        _argmax(cands, lambda i: (dispatch_freeness(i, headroom, num_prompt_tokens),), rng),
-        f"{policy}:freest",
-    )
+    return _argmax(cands, _dispatch_freeness_key(headroom, num_prompt_tokens), rng), \
+        f"{policy}:freest"
 
 
 def dispatch_freeness(info: InstanceInfo, headroom_blocks: int, num_prompt_tokens: int) -> float:
@@ -120,6 +118,24 @@ def dispatch_freeness(info: InstanceInfo, headroom_blocks: int, num_prompt_token
     d = blocks_for_tokens(num_prompt_tokens, load.block_size)
     free = load.num_blocks_total - usage_blocks(s, headroom_blocks) - s.rest_demand - d
     return free / (s.num_running + s.num_waiting + 1)
+
+
+def _dispatch_freeness_key(headroom_blocks: int, num_prompt_tokens: int):
+    """``(dispatch_freeness(i, ...),)`` as a key function, with d computed once per block size
+    (the hot path: every NORMAL request scores every eligible instance)."""
+    d_of: dict[int, int] = {}
+
+    def key(info: InstanceInfo) -> tuple[float]:
+        load = info.load
+        s = summarize(load)
+        d = d_of.get(load.block_size)
+        if d is None:
+            d = d_of[load.block_size] = blocks_for_tokens(num_prompt_tokens, load.block_size)
+        # = M − usage_blocks(s, headroom) − W_rest − d, as dispatch_freeness
+        free = s.free_after_queue - headroom_blocks * s.num_high_running - d
+        return (free / (s.num_running + s.num_waiting + 1),)
+
+    return key
 
 
 def free_virtual_blocks(info: InstanceInfo, headroom_blocks: int) -> int:

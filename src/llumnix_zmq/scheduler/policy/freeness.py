@@ -22,6 +22,7 @@ with no head-of-line demand and no headroom (the worker did not say more).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -119,6 +120,9 @@ class LoadSummary:
     # blocks in use that no running request holds: an incoming migration's pre-allocation
     # (its request is not running here yet), a suspended request's
     reserved_blocks: int = 0
+    # M − running − reserved − head − rest: the free blocks once the whole queue is admitted,
+    # before any HIGH headroom (dispatch scores every instance per request from this)
+    free_after_queue: int = 0
 
 
 # Memo of summaries by load identity. Reports are immutable and replaced whole, so a load seen
@@ -142,7 +146,8 @@ def summarize(load: InstanceLoad) -> LoadSummary:
 def _summarize(load: InstanceLoad) -> LoadSummary:
     reqs = load.requests
     if not reqs:
-        return LoadSummary(load.num_blocks_used, 0, 0, load.num_running, load.num_waiting, 0, 0)
+        return LoadSummary(load.num_blocks_used, 0, 0, load.num_running, load.num_waiting, 0, 0,
+                           0, load.num_blocks_total - load.num_blocks_used)
     running_blocks = head = rest = n_run = n_wait = n_high = 0
     high = Priority.HIGH
     for r in reqs:
@@ -157,8 +162,10 @@ def _summarize(load: InstanceLoad) -> LoadSummary:
         else:
             rest += r.num_blocks
             n_wait += 1
+    reserved = max(0, load.num_blocks_used - running_blocks)
     return LoadSummary(running_blocks, head, rest, n_run, n_wait, n_high, n_run - n_high,
-                       max(0, load.num_blocks_used - running_blocks))
+                       reserved,
+                       load.num_blocks_total - running_blocks - reserved - head - rest)
 
 
 def is_draining(info_or_load: InstanceInfo | InstanceLoad) -> bool:
@@ -202,7 +209,12 @@ def blocks_for_tokens(num_tokens: int, block_size: int) -> int:
     return max(1, -(-num_tokens // max(block_size, 1)))
 
 
+_DIGITS = re.compile(r"(\d+)")
+
+
+@functools.lru_cache(maxsize=1 << 16)
 def id_order_key(instance_id: str) -> tuple:
-    """Natural order for instance ids ("w-2" before "w-10"); the tie-break "lowest id"."""
-    parts = re.split(r"(\d+)", instance_id)
+    """Natural order for instance ids ("w-2" before "w-10"); the tie-break "lowest id".
+    Memoized: every tie in dispatch sorts the tied ids by it (idle instances tie often)."""
+    parts = _DIGITS.split(instance_id)
     return tuple((0, int(p), "") if p.isdecimal() else (1, 0, p) for p in parts if p)
