@@ -189,12 +189,18 @@ fit them, as a share of all blocks (time average).
 NOTES = """
 ## Reading the numbers (ours vs the paper)
 
-- 10,000 requests per point (this run) instead of 5,000 (the last one, except 128-128): at the
-  paper's rates the headline ratios barely move (P99 prefill up to 1.2x, mean prefill up to
-  1.6x, P99 decode up to 1.7x, was 1.9x), but the top rates now run long enough for their
-  queues to build: 512-512 at 3.4 req/s went from P99 prefill 1.3 s to 18.9 s (llumnix) and
-  14.9 s (INFaaS++), 128-512 at 4.8 from 0.7 s to 50 s (both): past capacity there, not at
-  ×1.12 of it as 5,000 requests suggested. Azure conv at 10 req/s turned from 0.75x to 1.2x.
+- This run: llumnix's points rerun after a freeness fix (ΣV now counts the blocks an instance
+  holds for no running request, i.e. those pre-allocated for an incoming migration: a
+  destination mid-import no longer looks freer than it is to dispatch); INFaaS++ and
+  round-robin never migrate, so their points are unchanged. At the paper's rates the headline
+  ratios do not move (P99 prefill up to 1.2x, mean prefill up to 1.6x, P99 decode up to 1.8x,
+  was 1.7x); 128-128@36 P99 prefill 647 → 589 ms, 128-512@4.3 670 → 648 ms (mean 119 → 130
+  ms). Past capacity the points are chaotic (queues build for the whole run) and moved both
+  ways: 128-512@4.8 50.2 → 19.4 s (now 2.5x better than INFaaS++), 512-512@3.4 18.9 → 35.6 s
+  (0.4x), ShareGPT@26 63.8 → 72.8 s (0.9x).
+- The run before it: 10,000 requests per point instead of 5,000: the top rates then ran long
+  enough for their queues to build (512-512 at 3.4 req/s and 128-512 at 4.8 are past capacity,
+  not at ×1.12 of it as 5,000 requests suggested).
 - The testbed engine (above) since the run before the last. Before it, Fig. 11 ran today's vLLM
   behaviour: chunked prefill sharing steps with decodes, 4,096 batched tokens, thresholds
   out 3 / in 10 for every trace. Headline ratios INFaaS++ / llumnix, before → after (both at
@@ -228,8 +234,8 @@ NOTES = """
   0.2227 ms/token; both policies measure 1.10–1.19 s). INFaaS++'s queueing behind fragmented
   memory, the paper's mechanism, does happen here, but only to the longest prompts (< 1% of
   requests), so it sits beyond P99: the mean prefill latency of the longest 1% of prompts is
-  up to 7.7x better under llumnix (128-512 at 4.1 req/s: 0.81 s vs 6.2 s; 2.8x at 128-128 36,
-  1.9x at 256-256 7.8; column "longest 1% prompts"), while P99 moves 1.0–1.3x.
+  up to 7.3x better under llumnix (128-512 at 4.1 req/s: 0.95 s vs 7.0 s; 2.8x at 128-128 36,
+  2.3x at 256-256 7.8; column "longest 1% prompts"), while P99 moves 0.8–1.2x.
   For P99 to move 14.8x, more than 1% of INFaaS++'s requests must wait seconds, i.e. its
   instances must be memory-bound at these rates.
 - They are not, in our model: by Little's law (rate × E[output × (prompt + output/2)] × ~50 ms
@@ -247,13 +253,13 @@ NOTES = """
   under ~100 tokens, ≤ 5% of an instance's time at 128-128, too little to change the regime.
   We did not add it (the engine would need separate prefill-only steps); it stays open.
 - Fragmentation and preemptions per policy (columns on the right), at the paper's rates:
-  llumnix keeps fragmented blocks at 0.00–0.14% and preempts 0–308 times per run; INFaaS++
+  llumnix keeps fragmented blocks at 0.00–0.13% and preempts 0–261 times per run; INFaaS++
   0.00–1.45% and 0–571 times (of 10,000 requests).
-- P99 decode is close to the paper's: up to 1.7x at the paper's rates (512-512 at 2.6 req/s;
+- P99 decode is close to the paper's: up to 1.8x at the paper's rates (512-512 at 3.0 req/s;
   paper: up to 2x), not worse anywhere.
-- Worse points at 10,000 requests: 128-512 at 4.3 req/s (a paper rate), P99 prefill 0.67 s vs
-  0.53 s (0.8x) and mean 119 vs 112 ms (0.9x), with 2,012 migrations at threshold 10 and 308 vs
-  571 preemptions; and 512-512 at 3.4 (past capacity, 0.8x). Open.
+- Worse points: 128-512 at 4.3 req/s (a paper rate), P99 prefill 0.65 s vs 0.53 s (0.8x) and
+  mean 130 vs 112 ms (0.9x), with 2,367 migrations at threshold 10 and 261 vs 571 preemptions;
+  past capacity, 512-512 at 3.4 (0.4x) and ShareGPT at 26 (0.9x). Open.
 - At 5,000 requests the worse point was 128-512 at 4.8 req/s (× 1.12), P99 prefill 0.68 s vs
   0.55 s (0.8x), with 6,740 migrations at threshold 10. In an exploration run of this point (thresholds
   3 / 10, P99 0.74 s) llumnix's slowest requests were short prompts that waited 5–12 s in
@@ -264,7 +270,7 @@ NOTES = """
   importing or within 2 s of an import, so imports are not the main cause. Open.
 - Past capacity (ShareGPT at 26 req/s, Azure conv at 10 req/s, almost twice its recorded rate)
   every policy queues (at 10,000 requests: Azure conv at 10, P99 prefill 8.8 s llumnix vs 11.0 s
-  INFaaS++, 1.2x; ShareGPT at 26, 63.8 s vs 63.1 s, 1.0x; at 5,000: 0.75x and 1.1x). In an exploration beyond capacity (256-256 at 10 req/s, 5,000 requests)
+  INFaaS++, 1.3x; ShareGPT at 26, 72.8 s vs 63.1 s, 0.9x; at 5,000: 0.75x and 1.1x). In an exploration beyond capacity (256-256 at 10 req/s, 5,000 requests)
   llumnix's P99 prefill was worse than INFaaS++'s (20 s vs 12 s) while llumnix without
   migration had 1.5 s: once every instance is full, migration keeps them all equally full and
   the queues grow everywhere. Not in this table; open.
