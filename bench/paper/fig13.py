@@ -157,13 +157,15 @@ NOTES = """
   HIGH), not the artifact-zipf 512-512 lengths of Figure 14. Rate mapping: our A10 model
   saturates near 25 req/s on 128-128 (the paper's testbed near 35), so the paper's 26 req/s is
   past our capacity and 18 req/s is the comparable operating point.
-- At 26 req/s llumnix's HIGH P99 prefill is 5.7–47x better than llumnix-base (paper: 3.6–10x).
-  Most of it comes from the engines serving HIGH first: with priority-blind engines the
-  scheduler's headroom alone (L-sched) gives 1.0–1.8x. A 64-block headroom (L-h64) gives
-  2.6–13x, less than the default 4 blocks at CV 2–6 (about equal at CV 8). With the engine
-  change the overloaded cluster preempts about half as often as before (400–580 preemptions
-  per run, was 860–1,800) and every variant's overall P99 prefill fell from 99–176 s to
-  67–109 s.
+- This run: every migrating variant rerun after a freeness fix (ΣV counts the blocks held for
+  an incoming migration, so dispatch no longer sees a destination mid-import as freer than it
+  is). At 26 req/s llumnix's HIGH P99 prefill is 3.2–50x better than llumnix-base (was
+  5.7–47x; paper: 3.6–10x): 49.7x, 18.3x and 11.2x at CV 2, 4 and 8, but 3.2x at CV 6, where
+  llumnix's HIGH P99 went from 5.6 s to 24.6 s, just under the paper's low end. The cluster is
+  far past capacity there (overall P99 prefill 53–120 s for every variant, 380–570
+  preemptions per run), so single points swing: the 64-block headroom (L-h64) gives 48.6x at
+  CV 6 and 5.1–14.3x elsewhere. Most of the gain comes from the engines serving HIGH first:
+  with priority-blind engines the scheduler's headroom alone (L-sched) gives 1.2–1.6x.
 - At 18 req/s the cluster has room and there is nothing to win on prefill: every variant's
   HIGH P99 prefill is the prefill time of the longest prompts (~1 s). HIGH P99 decode is then
   0.4–0.6x (worse) with llumnix: it is the 10th-worst of ~1,000 HIGH requests, set by short
