@@ -15,21 +15,24 @@ from llumnix_zmq.transport.rpc import RpcError
 
 
 class FakeScheduler:
-    """Answers fetches with w1, w2, w3, ... (or fails while ``down``); records the hints."""
+    """Answers fetch n with w<n> and ticket id 100 + n (or fails while ``down``); records the
+    hints and the released ticket ids."""
 
     def __init__(self):
         self.hints: list[int] = []
+        self.released: list[int] = []
         self.down = False
         self.gate: asyncio.Event | None = None
 
-    async def fetch(self, num_prompt_tokens: int) -> tuple[str, str]:
+    async def fetch(self, num_prompt_tokens: int, release_ticket: int) -> tuple[str, str, int]:
         self.hints.append(num_prompt_tokens)
+        self.released.append(release_ticket)
         if self.gate is not None:
             await self.gate.wait()
         if self.down:
             raise RpcError(ErrorCode.TIMEOUT, "no reply")
         n = len(self.hints)
-        return f"w{n}", f"tcp://h:{n}"
+        return f"w{n}", f"tcp://h:{n}", 100 + n
 
 
 async def settle():
@@ -46,13 +49,14 @@ async def test_first_take_misses_and_fetches_then_the_next_take_hits():
     book = TicketBook(sched.fetch, clock, ttl_s=0.05)
     assert book.take(live, 64) is None  # nothing held yet: the caller asks directly
     await settle()
-    assert book.ticket == Ticket("w1", "tcp://h:1", 100.0)
+    assert book.ticket == Ticket("w1", "tcp://h:1", 100.0, 101)
     assert sched.hints == [64]  # the last request's prompt length is the hint
     clock.advance(0.01)
-    assert book.take(live, 80) == Ticket("w1", "tcp://h:1", 100.0)
+    assert book.take(live, 80) == Ticket("w1", "tcp://h:1", 100.0, 101)
     await settle()
-    assert book.ticket == Ticket("w2", "tcp://h:2", 100.01)
+    assert book.ticket == Ticket("w2", "tcp://h:2", 100.01, 102)
     assert sched.hints == [64, 80]
+    assert sched.released == [0, 0]  # a used ticket is not released
     assert (book.hits, book.misses) == (1, 1)
     await book.close()
 
@@ -70,6 +74,8 @@ async def test_a_stale_ticket_or_one_for_a_dead_instance_is_not_used():
     await settle()
     assert book.ticket.instance_id == "w3"
     assert (book.hits, book.misses) == (0, 3)
+    # both dropped tickets were released with the next fetch: the scheduler stops counting them
+    assert sched.released == [0, 101, 102]
     await book.close()
 
 
@@ -112,6 +118,8 @@ async def test_kept_warm_while_requests_come_and_let_lapse_when_idle():
     await asyncio.sleep(0.03)  # the real loop's timer fires; the request was recent
     await settle()
     assert len(sched.hints) >= 2 and book.ticket is not None
+    # each refresh releases the ticket it replaces (expired unused)
+    assert sched.released[:2] == [0, 101]
     clock.advance(1.0)  # no request for longer than keep_warm_s
     n = len(sched.hints)
     await asyncio.sleep(0.03)

@@ -35,8 +35,8 @@ SAMPLES: dict[type, m.Message] = {
     m.RegisterAck: m.RegisterAck(m.PROTOCOL_VERSION, "w1", 0.25, "epoch-7"),
     m.LoadReport: m.LoadReport("w1", 17, LOAD),
     m.Deregister: m.Deregister("w1", "shutdown"),
-    m.DispatchQuery: m.DispatchQuery(5, "req-1", 300, m.Priority.HIGH, ("w2", "w3")),
-    m.DispatchReply: m.DispatchReply(5, "req-1", "w1", "tcp://127.0.0.1:6001", "freest"),
+    m.DispatchQuery: m.DispatchQuery(5, "req-1", 300, m.Priority.HIGH, ("w2", "w3"), 41),
+    m.DispatchReply: m.DispatchReply(5, "req-1", "w1", "tcp://127.0.0.1:6001", "freest", 42),
     m.ListInstances: m.ListInstances(8),
     m.InstanceTable: m.InstanceTable(
         8, (m.InstanceInfo("w1", "tcp://a:1", m.InstanceState.DRAINING, LOAD, 0.5, "llama", 4096),

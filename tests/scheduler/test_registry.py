@@ -209,3 +209,32 @@ def test_a_dispatch_counts_as_queued_until_the_next_report():
     r.report("w1", InstanceLoad(100, 10, 1, 0, 8, 16, (RequestLoad("a", 10),)), now=0.01)
     assert r.get("w1").load.num_waiting == 0
     r.note_dispatch("gone", "q2", 4, 64, Priority.NORMAL)  # unknown instance: ignored
+
+
+def test_an_unused_ticket_is_released_only_until_its_instance_reports():
+    from llumnix_zmq.protocol.messages import Priority
+
+    r = Registry(heartbeat_timeout_s=1.0)
+    r.register(reg("w1"), b"1", now=0.0)
+    r.report("w1", InstanceLoad(100, 10, 1, 0, 8, 16, (RequestLoad("a", 10),)), now=0.0)
+    # two tickets and a real request decided for w1 before its next report
+    r.note_dispatch("w1", "", 4, 64, Priority.NORMAL)
+    t1 = r.issue_ticket("w1")
+    r.note_dispatch("w1", "cmpl-x", 5, 70, Priority.NORMAL)
+    r.note_dispatch("w1", "", 4, 64, Priority.NORMAL)
+    t2 = r.issue_ticket("w1")
+    assert (t1, t2) == (1, 2) and r.get("w1").load.num_waiting == 3
+    # t1 was not used: one ticket entry goes, the real request and the other ticket stay
+    assert r.release_ticket(t1)
+    load = r.get("w1").load
+    assert load.num_waiting == 2
+    assert [q.request_id for q in load.requests] == ["a", "", "cmpl-x"]
+    assert not r.release_ticket(t1)  # released once
+    # after a report the estimate is gone: releasing t2 then must not touch the new load
+    r.report("w1", InstanceLoad(100, 10, 1, 1, 8, 16, (RequestLoad("a", 10),
+                                                      RequestLoad("cmpl-x", 5, running=False))),
+             now=0.05)
+    assert r.tickets == {}
+    assert not r.release_ticket(t2)
+    assert r.get("w1").load.num_waiting == 1
+    assert r.issue_ticket("gone") == 0 and not r.release_ticket(99)

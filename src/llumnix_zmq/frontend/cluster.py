@@ -243,12 +243,15 @@ class Cluster:
         info = self.instances.get(instance_id)
         return info is not None and info.state == InstanceState.ACTIVE
 
-    async def _fetch_ticket(self, num_prompt_tokens: int) -> tuple[str, str]:
-        """The scheduler's decision for a NORMAL request that has not arrived yet."""
+    async def _fetch_ticket(self, num_prompt_tokens: int,
+                            release_ticket: int = 0) -> tuple[str, str, int]:
+        """The scheduler's decision for a NORMAL request that has not arrived yet (and the
+        release of an unused earlier one)."""
         reply = await self.to_scheduler.call(
-            lambda q: DispatchQuery(q, "", num_prompt_tokens, Priority.NORMAL, ()),
+            lambda q: DispatchQuery(q, "", num_prompt_tokens, Priority.NORMAL, (),
+                                    release_ticket),
             self.cfg.dispatch_timeout_s)
-        return reply.instance_id, reply.address
+        return reply.instance_id, reply.address, reply.ticket_id
 
     def worker_socket(self, address: str):
         sock = self.to_workers.get(address)

@@ -15,7 +15,10 @@ fresh one; an idle frontend lets its ticket lapse and sends nothing.
 
 The scheduler counts each decision (a ticket too) as a request queued on the chosen instance
 until that instance's next load report, so back-to-back tickets do not all pick the same
-instance (scheduler/registry.py ``note_dispatch``).
+instance (scheduler/registry.py ``note_dispatch``). A ticket that no request uses (it expired,
+or its instance left) is released with the next fetch (``release_ticket``): otherwise, while a
+report is late, each refresh would add one more phantom request to the instances it picked and
+steer real requests away from them.
 
 State per book: ``ticket`` (None or one decision), at most one fetch in flight, one refresh
 timer. High-priority requests, requests that exclude instances (resumes) and a frontend whose
@@ -37,7 +40,8 @@ from ..transport.rpc import RpcError
 
 log = logging.getLogger(__name__)
 
-Fetch = Callable[[int], Awaitable[tuple[str, str]]]  # prompt tokens -> (instance id, address)
+# (prompt tokens, unused ticket to release or 0) -> (instance id, address, ticket id)
+Fetch = Callable[[int, int], Awaitable[tuple[str, str, int]]]
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class Ticket:
     instance_id: str
     address: str
     issued_at: float
+    ticket_id: int = 0  # the scheduler's name for it (DispatchReply.ticket_id)
 
 
 class TicketBook:
@@ -63,6 +68,7 @@ class TicketBook:
         self._inflight: asyncio.Task | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._release = 0  # an unused ticket's id, sent with the next fetch
 
     def take(self, is_live: Callable[[str], bool], num_prompt_tokens: int) -> Ticket | None:
         """The held ticket if it is fresh and its instance live (consumed), else None. Either
@@ -71,13 +77,20 @@ class TicketBook:
         self.last_take = now
         self.hint_tokens = max(1, num_prompt_tokens)
         ticket, self.ticket = self.ticket, None
+        usable = ticket is not None and now - ticket.issued_at <= self.ttl_s and is_live(
+            ticket.instance_id)
+        if ticket is not None and not usable:
+            self._drop_unused(ticket)
         self.refill()
-        if ticket is not None and now - ticket.issued_at <= self.ttl_s and is_live(
-                ticket.instance_id):
+        if usable:
             self.hits += 1
             return ticket
         self.misses += 1
         return None
+
+    def _drop_unused(self, ticket: Ticket) -> None:
+        if ticket.ticket_id:
+            self._release = ticket.ticket_id
 
     def refill(self) -> None:
         """Fetch a ticket (the held one is gone: taken or expired) unless a fetch is in flight."""
@@ -86,15 +99,16 @@ class TicketBook:
         self._inflight = asyncio.get_running_loop().create_task(self._fill(), name="ticket")
 
     async def _fill(self) -> None:
+        release, self._release = self._release, 0
         try:
-            instance_id, address = await self._fetch(self.hint_tokens)
+            instance_id, address, ticket_id = await self._fetch(self.hint_tokens, release)
         except RpcError as exc:  # the direct path will find out and fall back if it must
             log.debug("no dispatch ticket: %s", exc.message)
             self.ticket = None
             return
         finally:
             self._inflight = None
-        self.ticket = Ticket(instance_id, address, self.clock.now())
+        self.ticket = Ticket(instance_id, address, self.clock.now(), ticket_id)
         self._arm_refresh()
 
     def _arm_refresh(self) -> None:
@@ -104,6 +118,8 @@ class TicketBook:
 
     def _on_expiry(self) -> None:
         self._timer = None
+        if self.ticket is not None:
+            self._drop_unused(self.ticket)
         self.ticket = None
         if self.clock.now() - self.last_take <= self.keep_warm_s:
             self.refill()  # traffic: keep a fresh one ready; idle: let it lapse

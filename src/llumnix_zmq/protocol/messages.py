@@ -216,6 +216,9 @@ class DispatchQuery(Message):
     num_prompt_tokens: int
     priority: Priority = Priority.NORMAL
     exclude: tuple[str, ...] = ()  # instances not to choose (e.g. one that just failed)
+    # a dispatch ticket this frontend was given (DispatchReply.ticket_id) and did not use: the
+    # scheduler stops counting it as queued on its instance (0: none)
+    release_ticket: int = 0
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,9 @@ class DispatchReply(Message):
     instance_id: str
     address: str
     reason: str = ""
+    # nonzero for a dispatch ticket (a query for request id ""): the frontend names it in a
+    # later DispatchQuery.release_ticket if no request used it
+    ticket_id: int = 0
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,8 @@ class SchedulerService:
         return None
 
     def on_dispatch(self, identity: bytes, msg: DispatchQuery, raw):
+        if msg.release_ticket:  # a ticket the frontend did not use: it is not queued anywhere
+            self.registry.release_ticket(msg.release_ticket)
         infos = [i for i in self.registry.infos(self.clock.now()) if i.instance_id not in msg.exclude]
         choice = self.decider.dispatch(infos, msg.num_prompt_tokens, msg.priority)
         if choice is None:
@@ -116,8 +118,10 @@ class SchedulerService:
         self.registry.note_dispatch(instance_id, msg.request_id,
                                     blocks_for_tokens(msg.num_prompt_tokens, rec.load.block_size),
                                     msg.num_prompt_tokens, msg.priority)
+        ticket = self.registry.issue_ticket(instance_id) if not msg.request_id else 0
         log.debug("dispatch %s -> %s (%s)", msg.request_id, instance_id, reason)
-        return DispatchReply(msg.query_id, msg.request_id, instance_id, rec.reg.address, reason)
+        return DispatchReply(msg.query_id, msg.request_id, instance_id, rec.reg.address, reason,
+                             ticket)
 
     def on_list(self, identity: bytes, msg: ListInstances, raw):
         return InstanceTable(msg.query_id, tuple(self.registry.infos(self.clock.now())),
