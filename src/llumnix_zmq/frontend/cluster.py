@@ -318,16 +318,15 @@ class Cluster:
             # first tokens first: a step's batch carries ~one token per running request, and a
             # new request's TTFT should not wait behind everyone else's next token. The first
             # tokens are applied, then their handlers run (they write the first SSE chunk)
-            # before the rest of the batch is applied.
+            # before the rest of the batch, or the step's main batch a worker sends after its
+            # first-tokens batch, is applied.
             first = [d for d in msg.items if d.start_index == 0]
-            if first and len(first) < len(msg.items):
+            rest = [d for d in msg.items if d.start_index != 0]
+            if first:
                 self.apply_deltas(msg.instance_id, first)
                 await asyncio.sleep(0)
-                self.apply_deltas(msg.instance_id, [d for d in msg.items if d.start_index != 0])
-            else:
-                self.apply_deltas(msg.instance_id, msg.items)
-                if first:  # a worker's first-tokens batch: their handlers write before the
-                    await asyncio.sleep(0)  # step's main batch (likely queued already) is read
+            if rest:
+                self.apply_deltas(msg.instance_id, rest)
 
     def apply_deltas(self, instance_id: str, deltas) -> None:
         applied = 0

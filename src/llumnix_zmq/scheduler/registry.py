@@ -57,7 +57,6 @@ class InstanceRecord:
     fsm: StateMachine = field(default=None)  # type: ignore[assignment]
     # a drain (True) or undrain (False) the scheduler ordered, until a report confirms it
     drain_order: bool | None = None
-    reports: int = 0  # load reports received (each replaces the queued-request estimates)
 
     def __post_init__(self):
         if self.fsm is None:
@@ -83,8 +82,8 @@ class Registry:
     def __init__(self, heartbeat_timeout_s: float):
         self.timeout = heartbeat_timeout_s
         self.records: dict[str, InstanceRecord] = {}
-        # dispatch tickets not yet superseded by a report: id -> (instance, its report count)
-        self.tickets: dict[int, tuple[str, int]] = {}
+        # dispatch tickets whose instance has not reported since they were issued: id -> instance
+        self.tickets: dict[int, str] = {}
         self._next_ticket = 0
 
     def register(self, reg: RegisterWorker, identity: bytes, now: float) -> InstanceRecord:
@@ -102,9 +101,8 @@ class Registry:
             return None
         rec.load = load
         rec.last_report = now
-        rec.reports += 1
         if self.tickets:  # their queued estimates on this instance are gone with the report
-            self.tickets = {t: v for t, v in self.tickets.items() if v[0] != instance_id}
+            self.tickets = {t: iid for t, iid in self.tickets.items() if iid != instance_id}
         if rec.drain_order is not None:
             if load.draining != rec.drain_order:
                 return rec  # sent before the worker read the order: the order stands
@@ -143,11 +141,10 @@ class Registry:
     def issue_ticket(self, instance_id: str) -> int:
         """Name a dispatch ticket's decision (just counted by ``note_dispatch`` as a queued
         request with id "" on ``instance_id``), so that the frontend can release it unused."""
-        rec = self.records.get(instance_id)
-        if rec is None:
+        if instance_id not in self.records:
             return 0
         self._next_ticket += 1
-        self.tickets[self._next_ticket] = (instance_id, rec.reports)
+        self.tickets[self._next_ticket] = instance_id
         return self._next_ticket
 
     def release_ticket(self, ticket_id: int) -> bool:
@@ -155,9 +152,8 @@ class Registry:
         that instance has not reported since the ticket was issued (a report already replaced
         the estimate); then one queued entry with id "" goes (tickets' entries are alike, so
         which one does not matter). True if an entry was dropped."""
-        issued = self.tickets.pop(ticket_id, None)
-        rec = self.records.get(issued[0]) if issued else None
-        if rec is None or rec.reports != issued[1]:
+        rec = self.records.get(self.tickets.pop(ticket_id, ""))
+        if rec is None:  # unknown, or its instance reported since (or left)
             return False
         reqs = rec.load.requests
         for k in range(len(reqs) - 1, -1, -1):

@@ -96,10 +96,12 @@ class OutputSender:
             if address:
                 groups[address].append(d)
         for address, items in groups.items():
-            first = [d for d in items if d.start_index == 0 and d.token_ids]
-            if first and len(first) < len(items):  # first tokens ahead, in their own batch
+            first, rest = [], []
+            for d in items:
+                (first if d.start_index == 0 and d.token_ids else rest).append(d)
+            if first and rest:  # first tokens ahead, in their own batch
                 self._send_batch(address, first)
-                items = [d for d in items if not (d.start_index == 0 and d.token_ids)]
+                items = rest
             self._send_batch(address, items)
         return len(groups)
 

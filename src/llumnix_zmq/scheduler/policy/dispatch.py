@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Sequence
 from ...protocol.messages import InstanceInfo, InstanceState, Priority
 from .freeness import (
     DISPATCH_POLICIES,
+    LoadSummary,
     PolicyConfig,
     blocks_for_tokens,
     id_order_key,
@@ -114,9 +115,13 @@ def dispatch(
 def dispatch_freeness(info: InstanceInfo, headroom_blocks: int, num_prompt_tokens: int) -> float:
     """F_d of the module docstring."""
     load = info.load
-    s = summarize(load)
-    d = blocks_for_tokens(num_prompt_tokens, load.block_size)
-    free = load.num_blocks_total - usage_blocks(s, headroom_blocks) - s.rest_demand - d
+    return _f_d(summarize(load), headroom_blocks,
+                blocks_for_tokens(num_prompt_tokens, load.block_size))
+
+
+def _f_d(s: LoadSummary, headroom_blocks: int, d: int) -> float:
+    """F_d from a summary: (M − ΣV − W_rest − d) / (B + N_waiting + 1)."""
+    free = s.free_after_queue - headroom_blocks * s.num_high_running - d
     return free / (s.num_running + s.num_waiting + 1)
 
 
@@ -131,9 +136,7 @@ def _dispatch_freeness_key(headroom_blocks: int, num_prompt_tokens: int):
         d = d_of.get(load.block_size)
         if d is None:
             d = d_of[load.block_size] = blocks_for_tokens(num_prompt_tokens, load.block_size)
-        # = M − usage_blocks(s, headroom) − W_rest − d, as dispatch_freeness
-        free = s.free_after_queue - headroom_blocks * s.num_high_running - d
-        return (free / (s.num_running + s.num_waiting + 1),)
+        return (_f_d(s, headroom_blocks, d),)
 
     return key
 
