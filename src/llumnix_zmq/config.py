@@ -64,6 +64,8 @@ class WorkerConfig:
     max_num_batched_tokens: int = 0
     max_model_len: int = 0
     chunked_prefill: bool = True
+    # sim, torch: a HIGH request that does not fit preempts NORMAL running ones (vllm: vLLM's own)
+    priority_preemption: bool = True
     num_threads: int = 0  # torch on CPU: intra-op threads
     cpu_bind: str = ""  # vllm on CPU: OpenMP cores (VLLM_CPU_OMP_THREADS_BIND: "0", "2-3", "auto")
     kv_cache_gib: float = 0.0  # vllm on CPU: KV cache space (VLLM_CPU_KVCACHE_SPACE); 0: 1 GiB

@@ -486,3 +486,51 @@ def test_illegal_migration_calls_raise():
         e.release_blocks(ids + ids[:1])
     e.release_blocks(ids)
     e.allocator_check()
+
+
+def _priority_preemption_run(priority_preemption: bool):
+    e = make(num_blocks=5, block_size=4, priority_preemption=priority_preemption)
+    e.add_request(req("n1", list(range(6)), max_tokens=4))
+    e.add_request(req("n2", list(range(50, 56)), max_tokens=4))
+    run = Run(e)
+    run.step()  # n1 [0, 1], n2 [2, 3]: one block free
+    e.add_request(req("h", list(range(100, 108)), max_tokens=2, priority=Priority.HIGH))
+    return e, run, run.step()
+
+
+def test_high_priority_preempts_the_last_normal_request_to_fit():
+    e, run, r2 = _priority_preemption_run(True)
+    # h needs 2 blocks, 1 is free: n2 (admitted last) is preempted, h admitted in the same step
+    assert r2.num_preempted == 1 and [d.request_id for d in r2.deltas] == ["n1", "h"]
+    assert e.request_block_ids("n2") == [] and len(e.request_block_ids("h")) == 2
+    assert (e.num_preemptions, e.num_preempted_tokens) == (1, 6)
+    run.drain()
+    assert run.first_step == {"n1": 1, "n2": 1, "h": 2}
+    assert run.tokens["n2"] == pseudo_tokens(list(range(50, 56)), None, 0, 4)  # recomputed
+    assert run.tokens["h"] == pseudo_tokens(list(range(100, 108)), None, 0, 2)
+    assert e.num_free_blocks() == 5
+
+
+def test_without_priority_preemption_high_waits_for_blocks():
+    e, run, r2 = _priority_preemption_run(False)
+    assert r2.num_preempted == 0 and [d.request_id for d in r2.deltas] == ["n1", "n2"]
+    run.drain()
+    # h waits: n1 grows (n2 is preempted for it, by growth), finishes at step 4, then h fits
+    assert run.first_step == {"n1": 1, "n2": 1, "h": 5} and e.num_preemptions == 1
+    assert e.num_free_blocks() == 5
+
+
+def test_priority_preemption_only_when_it_makes_room_and_never_of_high():
+    e = make(num_blocks=6, block_size=4)
+    e.add_request(req("h0", list(range(6)), max_tokens=4, priority=Priority.HIGH))
+    e.add_request(req("n", list(range(50, 56)), max_tokens=4))
+    run = Run(e)
+    run.step()  # h0 [0, 1], n [2, 3]: two blocks free
+    # h1 needs 5 blocks: 2 free + n's 2 = 4 < 5 (h0 is HIGH: never a victim), so it waits
+    e.add_request(req("h1", list(range(100, 120)), max_tokens=1, priority=Priority.HIGH))
+    r2 = run.step()
+    assert r2.num_preempted == 0 and [d.request_id for d in r2.deltas] == ["h0", "n"]
+    assert e.num_preemptions == 0
+    run.drain()
+    assert run.tokens["h1"] == pseudo_tokens(list(range(100, 120)), None, 0, 1)
+    assert e.num_free_blocks() == 6

@@ -15,6 +15,12 @@ returns each request's *new* tokens as ``TokenDelta``s (``start_index`` = output
 first new token). A finished or aborted request has already released its blocks when its final
 delta is returned.
 
+Priorities: HIGH requests are admitted before NORMAL ones, and a NORMAL request is preempted
+first when a running request needs a block. Priority preemption (``sim`` and ``torch``, option
+``priority_preemption``, on by default): a HIGH request at the head of the queue whose blocks do
+not fit preempts NORMAL running requests, last admitted first, when that makes room for it. The
+``vllm`` adapter has vLLM's own priority scheduling, which preempts only for running requests.
+
 Migration hooks (used by worker/migration; the engine never talks to the network):
 
     source                                   destination

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-concurrent-migrations", type=int, default=4)
     s.add_argument("--engine-priorities", choices=["auto", "on", "off"], default="auto",
                    help="pass HIGH priority to the engines (auto: only under llumnix)")
+    s.add_argument("--no-priority-preemption", action="store_true",
+                   help="engines: a HIGH request that does not fit waits for blocks instead of "
+                        "preempting NORMAL running requests")
     s.add_argument("--frontend-latency-ms", type=float, default=0.0,
                    help="arrival -> dispatch delay (HTTP, tokenizer, scheduler query)")
     s.add_argument("--step-overhead-ms", type=float, default=0.0,
@@ -109,6 +112,7 @@ def config_from_args(a: argparse.Namespace) -> SimulationConfig:
         report_period_s=a.report_period, report_on_change=not a.no_report_on_change,
         pairing_period_s=a.pairing_period, max_migrations_per_pair=a.max_migrations_per_pair,
         max_concurrent_migrations=a.max_concurrent_migrations, engine_priorities=prios,
+        priority_preemption=not a.no_priority_preemption,
         bandwidth_gbps=a.bandwidth_gbps, handshake_ms=a.handshake_ms,
         last_stage_max_blocks=a.last_stage_max_blocks, max_stages=a.max_stages,
         autoscale_min=lo, autoscale_max=hi, scale_out_threshold=a.scale_out_threshold,

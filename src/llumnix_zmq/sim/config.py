@@ -51,6 +51,7 @@ class SimulationConfig:
     max_migrations_per_pair: int = 1
     max_concurrent_migrations: int = 4  # per source, as the worker
     engine_priorities: bool | None = None  # None: only when the policy is priority-aware
+    priority_preemption: bool = True  # engines: a HIGH request that does not fit preempts NORMAL
     # migration cost
     bandwidth_gbps: float = 64.0
     handshake_ms: float = 1.0
@@ -97,7 +98,8 @@ class SimulationConfig:
                          num_blocks=self.num_blocks,
                          max_batch_size=self.max_batch_size,
                          max_num_batched_tokens=self.max_num_batched_tokens,
-                         chunked_prefill=self.chunked_prefill, max_model_len=self.max_model_len)
+                         chunked_prefill=self.chunked_prefill, max_model_len=self.max_model_len,
+                         priority_preemption=self.priority_preemption)
 
     def policy_config(self) -> PolicyConfig:
         """The PolicyConfig the scheduler service would build from the same flags."""

@@ -19,12 +19,15 @@ def make_engine(cfg: WorkerConfig, clock: Clock) -> Engine:
 
         return SimEngine(SimConfig(profile=cfg.profile, block_size=cfg.block_size,
                                    num_blocks=cfg.num_blocks or None,
-                                   chunked_prefill=cfg.chunked_prefill, **_set(cfg)), clock)
+                                   chunked_prefill=cfg.chunked_prefill,
+                                   priority_preemption=cfg.priority_preemption, **_set(cfg)),
+                         clock)
     if cfg.engine == "torch":
         from ..engine.torch import make_torch_engine
 
         options = dict(dtype=cfg.dtype, device=cfg.device, block_size=cfg.block_size,
-                       enable_chunked_prefill=cfg.chunked_prefill, seed=cfg.seed, **_set(cfg))
+                       enable_chunked_prefill=cfg.chunked_prefill, seed=cfg.seed,
+                       priority_preemption=cfg.priority_preemption, **_set(cfg))
         if cfg.num_blocks:
             options["num_blocks"] = cfg.num_blocks
         if cfg.num_threads:

@@ -162,3 +162,45 @@ def test_preempted_mid_decode_recomputes_prompt_and_outputs():
     assert preempted_with and preempted_with > 0  # it had decoded before losing its blocks
     assert out == alone
     assert_clean(eng)
+
+
+def _priority_preemption(priority_preemption: bool):
+    """n1, n2 (6 tokens, 2 blocks each) fill 4 of 5 blocks; then h (HIGH, 8 tokens) arrives."""
+    rng = random.Random(3)
+    reqs = [EngineRequest("n1", byte_prompt(rng, 6), greedy(4)),
+            EngineRequest("n2", byte_prompt(rng, 6), greedy(4)),
+            EngineRequest("h", byte_prompt(rng, 8), greedy(2), priority=Priority.HIGH)]
+    alone = {r.request_id: run(tiny_engine(), [r])[r.request_id] for r in reqs}
+    eng = tiny_engine(num_blocks=5, priority_preemption=priority_preemption)
+    eng.add_request(reqs[0])
+    eng.add_request(reqs[1])
+    out: dict[str, list[int]] = {}
+    first = eng.step()
+    assert [d.request_id for d in first.deltas] == ["n1", "n2"] and eng.num_free_blocks() == 1
+    for d in first.deltas:
+        out[d.request_id] = list(d.token_ids)
+    eng.add_request(reqs[2])
+    second = eng.step()
+    for d in second.deltas:
+        out.setdefault(d.request_id, []).extend(d.token_ids)
+    return eng, alone, out, second
+
+
+def test_high_priority_preempts_lower_priority_to_be_admitted():
+    eng, alone, out, second = _priority_preemption(True)
+    # h needs 2 blocks, 1 is free: n2 (the last running) is preempted, its decode leaves the
+    # plan, and h is prefilled in the same step
+    assert second.num_preempted == 1 and [d.request_id for d in second.deltas] == ["n1", "h"]
+    assert eng.sched.seqs["n2"].blocks == [] and eng.sched.seqs["n2"].output == out["n2"]
+    out = drain(eng, out)
+    assert out == alone  # n2 recomputed: the same greedy tokens
+    assert_clean(eng)
+
+
+def test_without_priority_preemption_high_waits():
+    eng, alone, out, second = _priority_preemption(False)
+    assert second.num_preempted == 0 and [d.request_id for d in second.deltas] == ["n1", "n2"]
+    assert eng.sched.waiting[0].request_id == "h"
+    out = drain(eng, out)
+    assert out == alone
+    assert_clean(eng)

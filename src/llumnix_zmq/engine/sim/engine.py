@@ -19,6 +19,9 @@ the front), all under ``max_num_batched_tokens``. Blocks are allocated as positi
 |                                       | queue; no admission in that step                 |
 | a waiting request's whole prompt does | it waits (head of line: nothing behind it is     |
 | not fit in the free blocks            | admitted), also with chunked prefill             |
+| ... and it is HIGH, and preempting    | priority preemption (``priority_preemption``):   |
+| NORMAL running requests would make    | those are preempted, most recently admitted      |
+| room for it                           | first, just enough; then it is admitted          |
 | all of a request's tokens computed    | sample the token at output index len(outputs)    |
 | token in stop_token_ids               | finish STOP (the stop token is the last output)  |
 | len(tokens) = prompt + max_tokens, or | finish LENGTH                                    |
@@ -69,6 +72,9 @@ class SimConfig:
     vocab_size: int = 259  # byte tokenizer
     eos_token_id: int = 257
     model_name: str = "sim"
+    # a HIGH request that does not fit preempts NORMAL running ones (as vLLM v0's priority
+    # scheduling did), rather than waiting for them to finish
+    priority_preemption: bool = True
 
 
 class SimEngine(SimMigrationHooks, Engine):
@@ -202,7 +208,7 @@ class SimEngine(SimMigrationHooks, Engine):
             # chunk's blocks alone, it would preempt itself at the next chunk (it is the most
             # recently admitted), re-enter, and loop while looking "running" to the scheduler
             whole = blocks_for_tokens(remaining, self.block_size) if chunked else need
-            if whole > self._alloc.num_free:
+            if whole > self._alloc.num_free and not self._make_room_for_high(r, whole, batch):
                 return
             q.popleft()
             r.blocks = self._allocate(need)
@@ -224,6 +230,25 @@ class SimEngine(SimMigrationHooks, Engine):
             if victim is r:
                 return False
         r.blocks += self._allocate(need)
+        return True
+
+    def _make_room_for_high(self, r: _Req, whole: int, batch: _Batch) -> bool:
+        """Priority preemption for the waiting HIGH request ``r``: preempt NORMAL running
+        requests, most recently admitted first, until ``whole`` blocks are free. Only if that
+        makes enough room; otherwise nothing is preempted and False is returned."""
+        if r.priority is not Priority.HIGH or not self.config.priority_preemption:
+            return False
+        victims, room = [], self._alloc.num_free
+        for v in reversed(self._running.values()):
+            if room >= whole:
+                break
+            if v.priority is not Priority.HIGH:
+                victims.append(v)
+                room += len(v.blocks)
+        if room < whole:
+            return False
+        for v in victims:
+            self._preempt(v, batch)
         return True
 
     def _victim(self) -> _Req:

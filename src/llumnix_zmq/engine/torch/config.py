@@ -114,6 +114,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 512
     max_model_len: Optional[int] = None  # default: the model's context length
     enable_chunked_prefill: bool = True
+    # a HIGH request whose blocks do not fit preempts lower-priority running requests
+    priority_preemption: bool = True
     seed: int = 0
     num_threads: Optional[int] = None  # torch.set_num_threads on CPU; None leaves it alone
     prepack_weights: bool = True  # CPU: oneDNN-packed weights (model.Linear)

@@ -66,7 +66,8 @@ class TorchEngine(Engine):
                                  mc.max_position_embeddings, self.num_blocks * cfg.block_size)
         self.max_batch_size = cfg.max_batch_size
         self.sched = Scheduler(self.allocator, cfg.block_size, cfg.max_batch_size,
-                               cfg.max_num_batched_tokens, cfg.enable_chunked_prefill)
+                               cfg.max_num_batched_tokens, cfg.enable_chunked_prefill,
+                               cfg.priority_preemption)
         self._reserved: set[int] = set()
         self.logits_log: dict[str, list[torch.Tensor]] = {}
 

@@ -9,6 +9,10 @@ Policy (one ``schedule()`` per engine step):
    prefilled again (prompt + outputs) later. It may be the request being scheduled itself.
 2. Only if nothing was preempted, waiting requests are admitted in the same order while the
    budget, ``max_batch_size`` and free blocks allow (head-of-line blocking: FCFS is strict).
+   Priority preemption (``priority_preemption``): when the head of the queue is HIGH and its
+   blocks do not fit, lower-priority running requests are preempted, last first, just enough
+   to make room (and their chunks leave this step's plan) — only if that makes enough room;
+   otherwise it waits as above.
 
 Without chunked prefill a prompt is scheduled whole or not at all in a step.
 Suspended requests keep their blocks and are never scheduled nor chosen as victims.
@@ -84,12 +88,14 @@ class Plan:
 
 class Scheduler:
     def __init__(self, allocator: BlockAllocator, block_size: int, max_batch_size: int,
-                 max_num_batched_tokens: int, chunked_prefill: bool):
+                 max_num_batched_tokens: int, chunked_prefill: bool,
+                 priority_preemption: bool = True):
         self.allocator = allocator
         self.block_size = block_size
         self.max_batch_size = max_batch_size
         self.budget = max_num_batched_tokens
         self.chunked = chunked_prefill
+        self.priority_preemption = priority_preemption
         self.seqs: dict[str, Seq] = {}
         self.waiting: list[Seq] = []  # sorted by key
         self.running: list[Seq] = []  # sorted by key
@@ -147,7 +153,7 @@ class Scheduler:
             budget -= n
             i += 1
         if not preempted:
-            self._admit(budget, chunks, now)
+            self._admit(budget, chunks, preempted, now)
         return Plan(chunks, preempted)
 
     def _chunk_len(self, seq: Seq, budget: int) -> int:
@@ -175,6 +181,31 @@ class Scheduler:
             seq.blocks.extend(self.allocator.allocate(need))
         return True
 
+    def _preempt_for(self, seq: Seq, need: int, chunks: list[Chunk],
+                     preempted: list[Seq]) -> int | None:
+        """Priority preemption for the waiting ``seq``: preempt running requests of a lower
+        priority, last first, until ``need`` blocks are free, and drop their chunks from the
+        plan. Returns the budget those chunks held, or None (nothing preempted) when ``seq`` is
+        not HIGH, the option is off, or preempting would not make enough room."""
+        if not self.priority_preemption or seq.priority != Priority.HIGH:
+            return None
+        victims, room = [], self.allocator.num_free
+        for victim in reversed(self.running):
+            if room >= need or victim.priority >= seq.priority:
+                break  # running is sorted HIGH first: no lower-priority request is left
+            victims.append(victim)
+            room += len(victim.blocks)
+        if room < need:
+            return None
+        freed = 0
+        for victim in victims:
+            for c in [c for c in chunks if c.seq is victim]:
+                chunks.remove(c)
+                freed += c.n
+            self._preempt(victim)
+            preempted.append(victim)
+        return freed
+
     def _preempt(self, seq: Seq) -> None:
         self.running.remove(seq)
         self.allocator.free(seq.blocks)
@@ -182,12 +213,19 @@ class Scheduler:
         seq.num_computed = 0
         self.add_waiting(seq)
 
-    def _admit(self, budget: int, chunks: list[Chunk], now: float) -> None:
+    def _admit(self, budget: int, chunks: list[Chunk], preempted: list[Seq],
+               now: float) -> None:
         while self.waiting and budget > 0 and len(self.running) < self.max_batch_size:
             seq = self.waiting[0]
             n = self._chunk_len(seq, budget)
             need = self._grow(seq, n)
-            if n == 0 or need > self.allocator.num_free:
+            if n > 0 and need > self.allocator.num_free:
+                freed = self._preempt_for(seq, need, chunks, preempted)
+                if freed is None:
+                    return
+                budget += freed  # the victims' chunks left the plan: look at ``seq`` again
+                continue
+            if n == 0:
                 return
             self.waiting.pop(0)
             seq.blocks.extend(self.allocator.allocate(need))
