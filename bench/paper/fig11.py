@@ -252,6 +252,20 @@ NOTES = """
   prefill-only step (~22 ms, which the decode model has as c): it adds at most ~20 ms to prompts
   under ~100 tokens, ≤ 5% of an instance's time at 128-128, too little to change the regime.
   We did not add it (the engine would need separate prefill-only steps); it stays open.
+  Measured rather than estimated (a later session, sampling every instance's report): INFaaS++
+  at 128-128 36 req/s holds 50% of its KV blocks on average (median 55%, p90 85%, p99 98%; an
+  instance is more than 98% full 0.9% of the time), so memory is seldom what a request waits
+  for.
+- The baseline is not the cause either. The artifact's INFaaS++ dispatches like llumnix (its
+  "load" strategy with the default consumed_speed metric: free blocks less all waiting demand
+  over running plus waiting requests), without migration; ours takes the lowest physical usage
+  (used + waiting demand + the request's, over the total). llumnix with migration off, i.e. the
+  artifact's formula, at four of the paper's points (P99 / mean prefill, s; L / our I / artifact
+  I): 128-128@36 0.59 / 0.71 / 0.59 and 0.096 / 0.136 / 0.100; 256-256@7.8 1.13 / 1.18 / 1.11
+  and 0.114 / 0.142 / 0.119; 512-512@3.0 1.32 / 1.31 / 1.31 and 0.177 / 0.205 / 0.224;
+  128-512@4.1 0.52 / 0.50 / 0.53 and 0.091 / 0.147 / 0.099. Against it llumnix gains even less
+  (P99 0.98–1.02x, mean 1.04–1.27x); the table keeps ours (reproduce with `llumnix-zmq sim
+  --policy llumnix --no-migration` with the point's flags).
 - Fragmentation and preemptions per policy (columns on the right), at the paper's rates:
   llumnix keeps fragmented blocks at 0.00–0.13% and preempts 0–261 times per run; INFaaS++
   0.00–1.45% and 0–571 times (of 10,000 requests).
