@@ -116,3 +116,48 @@ def test_autoscale_out_under_burst_then_drain_in(tmp_path):
         assert out.choices[0].text == expected_text("after", 5)
     finally:
         cluster.stop()
+
+
+async def _high_arrives_when_full(base_url: str) -> list[str]:
+    """Two NORMAL streams fill the instance's blocks; once both stream, a HIGH request whose
+    prompt does not fit the free blocks arrives. Returns the order the three finished in."""
+    order: list[str] = []
+    started = {"n1": asyncio.Event(), "n2": asyncio.Event()}
+
+    async def one(c, name, prompt, n, priority):
+        stream = await c.completions.create(model="sim", prompt=prompt, max_tokens=n,
+                                            stream=True, extra_body={"priority": priority})
+        text = ""
+        async for ch in stream:
+            if ch.choices:
+                text += ch.choices[0].text
+                if name in started:
+                    started[name].set()
+        assert text == expected_text(prompt, n), name
+        order.append(name)
+
+    async with openai.AsyncOpenAI(base_url=base_url + "/v1", api_key="x", max_retries=0,
+                                  timeout=60) as c:
+        # 271 prompt tokens (17 blocks of 16) each, growing to 20 blocks: 34-40 of 40 in use
+        normal = [asyncio.create_task(one(c, f"n{i}", f"{i}" * 270, 40, "normal"))
+                  for i in (1, 2)]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in started.values())), 30)
+        high = one(c, "h", "h" * 100, 4, "high")  # 101 tokens: 7 blocks, at most 6 free
+        await asyncio.gather(high, *normal)
+    return order
+
+
+@pytest.mark.parametrize("preemption", [True, False])
+def test_high_priority_preempts_normal_when_blocks_run_out(tmp_path, preemption):
+    flag = "--priority-preemption" if preemption else "--no-priority-preemption"
+    cluster = start_cluster(tmp_path, instances=1, time_scale=1.0,
+                            worker_args=["--num-blocks", "40", flag])
+    try:
+        order = asyncio.run(_high_arrives_when_full(cluster.base_url))
+        if preemption:  # admitted at once (a NORMAL recomputes later): done long before them
+            assert order[0] == "h", order
+        else:  # waits for a NORMAL request to finish and free its blocks
+            assert order.index("h") >= 1, order
+        assert wait_for(lambda: sum(blocks_used(cluster).values()) == 0, 5)
+    finally:
+        cluster.stop()
