@@ -34,9 +34,10 @@ Bandwidth, at the longest length (both measured in this run, in this process, on
 - transfer_gbps: a blocking copy's KV bytes / data-plane time, from the first export on the
   source (request suspended, lock held) to the last stage imported into the destination's
   cache (``SourceMigration.final_started_at`` → the destination session's ``imported_at``):
-  export (zero-copy parts of ``--view-part-mib``: views of the source's cache, 60 frames per
-  run of consecutive blocks, no copy; the last part gathered into a reused send buffer),
-  ZeroMQ, import (one copy per frame), ACKs and the ``window`` flow control, all pipelined.
+  export (zero-copy parts of ``--view-part-mib``: views of the source's block-major cache,
+  one frame per run of consecutive blocks, no copy; the last part gathered into a reused send
+  buffer), ZeroMQ, import (one copy per frame), ACKs and the ``window`` flow control, all
+  pipelined.
   COMMIT and import_request are not in it. Bytes: the KV bytes of the blocks moved (the wire
   also carries a few hundred bytes of view descriptors, ``wire_bytes``). Best of
   ``--transfer-reps`` more blocking copies of that length, each between two raw runs (the
@@ -44,7 +45,7 @@ Bandwidth, at the longest length (both measured in this run, in this process, on
 - raw_zmq_gbps: the same bytes as PRE_ALLOC-shaped messages ``[tag][msgpack header][one
   frame]``, each run in two framings back to back and the faster one kept: 8 MiB parts (the
   gathered layout), and exactly the part sizes the last copy sent (each part as one frame of
-  one reused, cache-warm buffer, where the copy reads 60 frames per part out of the cache);
+  one reused, cache-warm buffer, where the copy reads its part out of the cache);
   sent copy=False from a DEALER to a ROUTER over ipc, made by the same socket factory in the
   same context (so the same libzmq I/O thread carries both ends, as
   in the transfer) and event loop; the receiver takes them copy=False and drops them. Best of

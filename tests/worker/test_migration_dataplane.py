@@ -89,7 +89,7 @@ async def test_buffers_are_reused_only_after_the_ack(stages):
     await mesh.run(until=lambda: not a.migration.outgoing)
     assert a.migration.history[-1].fsm.state is SrcState.DONE
     assert a.migration.history[-1].next_stage >= 8
-    assert torch.equal(on_destination(b, "r")[:, :, :15], kv)  # the mesh decodes on: block 15+
+    assert torch.equal(on_destination(b, "r")[:15], kv)  # the mesh decodes on: block 15+
     assert a.migration.send_buffers.made == WINDOW
     await a.migration.peers.close()
     await mesh.close()
@@ -154,8 +154,8 @@ def plant(s, rid: str, tokens: int, scattered: bool, seed: int) -> torch.Tensor:
                          SamplingParams(max_tokens=8, ignore_eos=True),
                          num_computed_tokens=tokens)
     eng.import_request(state, ids)
-    kv = torch.randn(eng.kv.pool[:, :, ids].shape, generator=torch.Generator().manual_seed(seed))
-    eng.kv.pool[:, :, ids] = kv
+    kv = torch.randn(eng.kv.pool[ids].shape, generator=torch.Generator().manual_seed(seed))
+    eng.kv.pool[ids] = kv
     s.frontend_of[rid] = state.frontend_address
     return kv
 
@@ -179,7 +179,7 @@ async def migrate(src: WorkerService, dst: WorkerService, rid: str, stages: int)
 
 
 def on_destination(dst, rid: str) -> torch.Tensor:
-    return dst.engine.kv.pool[:, :, dst.engine.request_block_ids(rid)]
+    return dst.engine.kv.pool[dst.engine.request_block_ids(rid)]
 
 
 @pytest.mark.parametrize("scattered", [False, True], ids=["consecutive", "scattered"])

@@ -111,12 +111,12 @@ async def test_request_freed_before_its_views_are_read_never_commits(mesh):
     ids = a.engine.request_block_ids("r")
     await a.abort("r")  # the client left: the blocks are free on the source
     await settle()
-    a.engine.kv.pool[:, :, ids] = -7.0  # the freed blocks now hold someone else's KV
+    a.engine.kv.pool[ids] = -7.0  # the freed blocks now hold someone else's KV
     mesh.net.filters.clear()
     mesh.net.release_held()
     await mesh.run(until=lambda: not a.migration.outgoing and not b.migration.dest.sessions)
     assert m.fsm.state is SrcState.ABORTED
     assert ("A", "B", "MigCommit") not in mesh.net.log
     assert not b.engine.has_request("r") and not a.engine.has_request("r")
-    a.engine.kv.pool[:, :, ids] = 0.0
+    a.engine.kv.pool[ids] = 0.0
     clean(a, b)

@@ -23,8 +23,8 @@ def cache(dtype=torch.float32, seed: int = 0) -> KVCache:
 
 
 def blocks(kv: KVCache, ids: list[int]) -> torch.Tensor:
-    """[L, 2, n, bs, h, d] copy of blocks ``ids`` (the reference)."""
-    return kv.pool[:, :, ids].clone()
+    """[n, L, 2, bs, h, d] copy of blocks ``ids`` (the reference)."""
+    return kv.pool[ids].clone()
 
 
 def test_runs():
@@ -44,7 +44,7 @@ def test_export_import_exact(src_ids, dst_ids, dtype):
     untouched = [i for i in range(NB) if i not in dst_ids]
     before = blocks(dst, untouched)
     frame = src.export(src_ids)
-    assert frame.shape == (L, 2, len(src_ids), BS, H, D) and frame.flags.c_contiguous
+    assert frame.shape == (len(src_ids), L, BS, 2, H, D) and frame.flags.c_contiguous
     dst.import_(dst_ids, [memoryview(frame).cast("B")])  # as it arrives: bytes
     assert torch.equal(blocks(dst, dst_ids), blocks(src, src_ids))
     assert torch.equal(blocks(dst, untouched), before)
@@ -77,13 +77,13 @@ def test_export_gathers_into_the_given_buffer_and_reuse_leaves_earlier_imports_a
 def test_device_tensor_export_and_tensor_import():
     src, dst = cache(seed=1), cache(seed=2)
     t = src.export([6, 2], to_numpy=False)
-    assert isinstance(t, torch.Tensor) and t.shape == (L, 2, 2, BS, H, D)
+    assert isinstance(t, torch.Tensor) and t.shape == (2, L, BS, 2, H, D)
     dst.import_([1, 9], [t])
     assert torch.equal(blocks(dst, [1, 9]), blocks(src, [6, 2]))
 
 
 # --- the views layout (zero-copy export) ---------------------------------------------------
-ROW = BS * H * D * 4  # bytes of one block of one layer's K (fp32)
+BLOCK = L * 2 * BS * H * D * 4  # bytes of one block, every layer's K and V (fp32)
 
 
 @pytest.mark.parametrize("src_ids,dst_ids", [
@@ -96,7 +96,7 @@ def test_views_export_import_exact(src_ids, dst_ids, dtype):
     want = blocks(src, src_ids)
     frames = src.export_views(src_ids, 0)
     runs = _runs(src_ids)
-    assert len(frames) == 1 + L * 2 * len(runs)
+    assert len(frames) == 1 + len(runs)  # block-major: one frame per run of ids
     host = src.pool.view(torch.int16 if dtype == torch.bfloat16 else dtype).numpy()
     assert all(np.shares_memory(f, host) for f in frames[1:])  # no copy: the pool itself
     others = [i for i in range(NB) if i not in dst_ids]
@@ -108,8 +108,8 @@ def test_views_export_import_exact(src_ids, dst_ids, dtype):
 
 def test_views_refused_for_short_runs_or_no_blocks():
     kv = cache()
-    assert kv.export_views([3, 4], 2 * ROW) is not None
-    assert kv.export_views([3, 4, 9], 2 * ROW) is None  # the run [9] would be one small frame
+    assert kv.export_views([3, 4], 2 * BLOCK) is not None
+    assert kv.export_views([3, 4, 9], 2 * BLOCK) is None  # the run [9] would be one small frame
     assert kv.export_views([], 0) is None
 
 
@@ -124,3 +124,17 @@ def test_views_import_checks_the_frames():
     bad[1] = np.asarray(frames[1])[:2]  # a frame of the wrong size
     with pytest.raises(EngineError, match="view frame of"):
         dst.import_([1, 2, 3], bad)
+
+
+def test_write_and_layer_views_address_block_and_slot():
+    kv = cache()
+    k = torch.randn(3, H, D, generator=torch.Generator().manual_seed(5))
+    v = -k
+    slots = torch.tensor([0, 7, 4 * 9 + 2])  # block 0 slot 0, block 1 slot 3, block 9 slot 2
+    kv.write(1, k, v, slots)
+    layer = kv.layer(1)
+    assert layer.shape == (NB, BS, 2, H, D)
+    for row, (b, o) in enumerate([(0, 0), (1, 3), (9, 2)]):
+        assert torch.equal(layer[b, o, 0], k[row]) and torch.equal(layer[b, o, 1], v[row])
+        assert torch.equal(kv.pool[b, 1, o, 0], k[row])  # block-major: pool[block, layer, slot, kv]
+    assert not torch.equal(kv.layer(0)[1, 3, 0], k[1])  # the other layer is untouched

@@ -71,7 +71,7 @@ def test_exported_frame_layout_and_suspend_resume():
     n = len(eng.request_block_ids("r"))
     (frame,) = eng.export_blocks("r", 0, n)
     mc = eng.model_config
-    assert frame.shape == (mc.num_layers, 2, n, eng.block_size, mc.num_kv_heads, mc.head_dim)
+    assert frame.shape == (n, mc.num_layers, eng.block_size, 2, mc.num_kv_heads, mc.head_dim)
     assert frame.flags.c_contiguous and frame.dtype == np.float32
     (tensor,) = eng.export_blocks("r", 0, n, to_numpy=False)
     assert np.array_equal(tensor.numpy(), frame)
@@ -92,12 +92,12 @@ def test_import_rejects_bad_input_and_release_undoes_reservation():
     ids = eng.reserve_blocks(2)
     assert ids == [0, 1]
     assert eng.reserve_blocks(10_000) is None
-    good = np.zeros((2, 2, 2, 4, 2, 16), dtype=np.float32)
+    good = np.zeros((2, 2, 4, 2, 2, 16), dtype=np.float32)  # [n, L, bs, K/V, kv_heads, head_dim]
     eng.import_blocks(ids, [good])
     bad_frames = [
-        [good[:, :, :1]],  # one block for two ids
+        [good[:1]],  # one block for two ids
         [good.astype(np.float64)],  # dtype
-        [np.zeros((2, 2, 2, 4, 2, 8), dtype=np.float32)],  # head_dim
+        [np.zeros((2, 2, 4, 2, 2, 8), dtype=np.float32)],  # head_dim
         [b"\x00" * 7],  # not whole blocks
         [object()],
     ]

@@ -85,7 +85,7 @@ def paged_attention(
     meta: AttnMetadata, scale: float,
 ) -> torch.Tensor:
     """q [N, H, D], k_new/v_new [N, KVH, D] (already written into ``kv_layer``
-    [2, num_blocks, bs, KVH, D]) → attention output [N, H*D]."""
+    [num_blocks, bs, 2, KVH, D]) → attention output [N, H*D]."""
     n, heads, d = q.shape
     kvh = k_new.shape[1]
     g = heads // kvh
@@ -101,15 +101,22 @@ def paged_attention(
     return out
 
 
+def _gather(kv_layer: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
+    """[n * bs, 2, KVH, D] copy of blocks ``block_ids`` of one layer, token after token.
+    index_select along the block axis copies each block's rows whole (memcpy); advanced
+    indexing, or index_select along another axis of the strided view, is 3-6x slower on CPU."""
+    kv = kv_layer.index_select(0, block_ids)
+    return kv.view(-1, *kv.shape[2:])
+
+
 def _decode(q, kv_layer, meta: AttnMetadata, scale, kvh, g):
     b, _, d = q.shape
-    # index_select copies whole blocks (memcpy); advanced indexing is ~6x slower on CPU
-    kv = kv_layer.index_select(1, meta.decode_blocks)  # [2, B*nb, bs, KVH, D]
-    kv = kv.view(2, b, -1, kvh, d).transpose(2, 3)  # [2, B, KVH, T, D]
+    kv = _gather(kv_layer, meta.decode_blocks).view(b, -1, 2, kvh, d)  # [B, T, 2, KVH, D]
     if b == 1:
-        kv = kv[:, :, :, : meta.decode_ctx]
+        kv = kv[:, : meta.decode_ctx]
+    k, v = kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [B, KVH, T, D] views
     qg = q.view(b, kvh, g, d)  # the G heads of a KV head act as G queries
-    o = F.scaled_dot_product_attention(qg, kv[0], kv[1], attn_mask=meta.decode_mask, scale=scale)
+    o = F.scaled_dot_product_attention(qg, k, v, attn_mask=meta.decode_mask, scale=scale)
     return o.reshape(b, kvh * g * d)
 
 
@@ -120,7 +127,7 @@ def _prefill(q, k, v, kv_layer, seg: PrefillSeg, scale, kvh, g):
                                            is_causal=True, scale=scale, enable_gqa=g > 1)
         return o.transpose(0, 1).reshape(n, heads * d)
     qg = q.view(n, kvh, g, d).permute(1, 2, 0, 3).reshape(kvh, g * n, d)  # [KVH, G*n, D]
-    kv = kv_layer.index_select(1, seg.block_ids).view(2, -1, kvh, d)[:, : seg.start_pos + n]
-    kk, vv = kv[0].transpose(0, 1), kv[1].transpose(0, 1)
+    kv = _gather(kv_layer, seg.block_ids)[: seg.start_pos + n]  # [T, 2, KVH, D]
+    kk, vv = kv[:, 0].transpose(0, 1), kv[:, 1].transpose(0, 1)
     o = F.scaled_dot_product_attention(qg, kk, vv, attn_mask=seg.mask, scale=scale)
     return o.view(kvh, g, n, d).permute(2, 0, 1, 3).reshape(n, kvh * g * d)

@@ -209,7 +209,7 @@ class TorchEngine(Engine):
 
     def export_blocks(self, request_id: str, start: int, end: int, to_numpy: bool = True,
                       out=None) -> list:
-        """[one contiguous [L, 2, n, bs, kv_heads, head_dim] buffer]: numpy (bfloat16 as its
+        """[one contiguous [n, L, bs, 2, kv_heads, head_dim] buffer]: numpy (bfloat16 as its
         int16 bit pattern) for the ZeroMQ path, gathered into ``out`` when given (see
         ``export_blocks_into``), or a device tensor with ``to_numpy=False``."""
         blocks = self._seq(request_id).blocks
