@@ -8,8 +8,8 @@ Layout (one tensor, block-major)::
 A block holds every layer's K and V for its ``block_size`` positions in one contiguous stretch,
 so a run of consecutive block ids is one contiguous range of the pool: migration sends it as a
 single frame read straight from the pool, and imports it with one copy (per-layer layouts need
-2 × L frames and copies per run, and each ZeroMQ frame costs: 60 frames per 16 MiB part moved
-22% less than one frame, bench/migration.py). The model reads one layer at a time: ``layer(n)``
+2 × L frames and copies per run, and each ZeroMQ frame costs: 60 frames per 16 MiB part move
+~20% less than one frame here, bench/zmq_frames.py). The model reads one layer at a time: ``layer(n)``
 is a strided view [num_blocks, bs, 2, kv_heads, head_dim] in which each block's rows stay
 contiguous, so attention gathers a request's blocks along the first axis (a memcpy per block)
 into [n, bs, 2, ...], whose K and V are [tokens, kv_heads, head_dim] views with no further
