@@ -169,6 +169,11 @@ NOTES = """
   past capacity: their P99 prefill is 0.97–1.25x of L-wait's (75.9–98.4 s vs 60.7–83.1 s) and
   their mean end-to-end latency 1.01–1.18x, with 5–23% more preemptions. At 18 req/s no HIGH
   request ever waits for blocks, so L and L-wait are identical.
+- Other arrival/length seeds (llumnix vs llumnix-base at 26 req/s, CV 2/4/6/8, not in the
+  table): seed 2 gives 81.6x / 73.7x / 71.5x / 71.5x. Seed 3 gives 1.0x / 4.3x / 1.0x / 6.1x:
+  its lengths load the cluster less, and at CV 2 and 6 llumnix-base's HIGH P99 prefill is
+  already the prefill floor (1.2–1.3 s), so there is nothing to win. Where 26 req/s saturates
+  the cluster, priority preemption keeps HIGH requests at that floor.
 - Rerun after the engine change (a chunked-prefill prompt is admitted only when all of it fits
   in free KV blocks; before, a long prompt was admitted on its first chunk and preempted itself
   at each next chunk) and the pairing change (a destination must have room for the source's
