@@ -131,7 +131,7 @@ def test_write_and_layer_views_address_block_and_slot():
     k = torch.randn(3, H, D, generator=torch.Generator().manual_seed(5))
     v = -k
     slots = torch.tensor([0, 7, 4 * 9 + 2])  # block 0 slot 0, block 1 slot 3, block 9 slot 2
-    kv.write(1, k, v, slots)
+    kv.write(1, k, v, kv.locate(slots))
     layer = kv.layer(1)
     assert layer.shape == (NB, BS, 2, H, D)
     for row, (b, o) in enumerate([(0, 0), (1, 3), (9, 2)]):

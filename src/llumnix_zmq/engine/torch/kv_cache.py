@@ -46,6 +46,8 @@ class KVCache:
         self.num_kv_heads, self.head_dim, self.dtype = num_kv_heads, head_dim, dtype
         self.pool = torch.zeros(num_blocks, num_layers, block_size, 2, num_kv_heads, head_dim,
                                 dtype=dtype, device=device)
+        self.block_bytes = self.bytes_per_block(num_layers, block_size, num_kv_heads, head_dim,
+                                                dtype)  # one block, every layer's K and V
 
     @staticmethod
     def bytes_per_block(num_layers, block_size, num_kv_heads, head_dim, dtype) -> int:
@@ -60,11 +62,15 @@ class KVCache:
         """[num_blocks, bs, 2, kv_heads, head_dim] view of one layer (strided over blocks)."""
         return self.pool[:, n]
 
-    def write(self, n: int, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
-        """Store new K/V rows [N, kv_heads, head_dim] at flat slot ids ``slots`` [N]."""
+    def locate(self, slots: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(block, slot in block) of flat slot ids ``slots`` [N]: once per step, for ``write``."""
         blocks = torch.div(slots, self.block_size, rounding_mode="floor")
-        offsets = slots - blocks * self.block_size
-        self.layer(n)[blocks, offsets] = torch.stack((k, v), 1)
+        return blocks, slots - blocks * self.block_size
+
+    def write(self, n: int, k: torch.Tensor, v: torch.Tensor,
+              where: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Store new K/V rows [N, kv_heads, head_dim] of layer ``n`` at ``where`` (``locate``)."""
+        self.layer(n)[where] = torch.stack((k, v), 1)
 
     # ------------------------------------------------------------------ migration
     # On a CPU pool both directions copy with numpy, one contiguous copy per run of
@@ -96,15 +102,11 @@ class KVCache:
         if self.pool.device.type != "cpu" or not block_ids:
             return None
         runs = _runs(block_ids)
-        if min(m for _, _, m in runs) * self._block_bytes() < min_frame_bytes:
+        if min(m for _, _, m in runs) * self.block_bytes < min_frame_bytes:
             return None
         host = self._host()
         desc = VIEWS_MAGIC + np.array([m for _, _, m in runs], dtype="<u4").tobytes()
         return [desc] + [host[a:a + m] for _, a, m in runs]
-
-    def _block_bytes(self) -> int:
-        """Bytes of one block (every layer's K and V)."""
-        return self.pool[0].numel() * self.pool.element_size()
 
     def import_(self, block_ids: list[int], frames: list) -> None:
         """Scatter the frames' blocks into ``block_ids`` (in order): one copy per frame and run
@@ -139,7 +141,7 @@ class KVCache:
             head = memoryview(frames[0]).cast("B")
         except TypeError:
             return None
-        if head.nbytes >= self._block_bytes() or bytes(head[:len(VIEWS_MAGIC)]) != VIEWS_MAGIC:
+        if head.nbytes >= self.block_bytes or bytes(head[:len(VIEWS_MAGIC)]) != VIEWS_MAGIC:
             return None
         body = head[len(VIEWS_MAGIC):]
         if body.nbytes % 4 or body.nbytes == 0:
@@ -155,7 +157,7 @@ class KVCache:
             raise EngineError("import: views layout into a device pool")
         np_dtype = _NUMPY_VIEW[self.dtype][1]
         starts = np.cumsum([0] + runs[:-1]).tolist()
-        size, host = self._block_bytes(), self._host()
+        size, host = self.block_bytes, self._host()
         for m, p, frame in zip(runs, starts, frames):
             buf = memoryview(frame).cast("B")
             if buf.nbytes != m * size:
@@ -194,7 +196,7 @@ class KVCache:
             buf = memoryview(frame).cast("B")
         except TypeError as exc:
             raise EngineError(f"import: unsupported frame type {type(frame).__name__}") from exc
-        if buf.nbytes == 0 or buf.nbytes % self._block_bytes():
+        if buf.nbytes == 0 or buf.nbytes % self.block_bytes:
             raise EngineError(f"import: frame of {buf.nbytes} bytes is not whole blocks")
         return np.frombuffer(buf, dtype=np_dtype).reshape(-1, *self.block_shape)
 

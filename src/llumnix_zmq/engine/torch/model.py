@@ -128,6 +128,7 @@ class LlamaModel:
         n = ids.shape[0]
         x = self.embed[ids]
         cos, sin = self.cos[positions][:, None, :], self.sin[positions][:, None, :]
+        where = kv.locate(meta.slots)
         for li, w in enumerate(self.layers):
             h = rms_norm(x, w["in_norm"], c.rms_norm_eps)
             qkv = w["qkv"](h)
@@ -135,7 +136,7 @@ class LlamaModel:
             k = qkv[:, c.q_size : c.q_size + c.kv_size].view(n, c.num_kv_heads, c.head_dim)
             v = qkv[:, c.q_size + c.kv_size :].view(n, c.num_kv_heads, c.head_dim)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-            kv.write(li, k, v, meta.slots)
+            kv.write(li, k, v, where)
             o = paged_attention(q, k, v, kv.layer(li), meta, self.scale)
             x = x + w["o"](o)
             h = rms_norm(x, w["post_norm"], c.rms_norm_eps)

@@ -197,13 +197,12 @@ class Scheduler:
             room += len(victim.blocks)
         if room < need:
             return None
-        freed = 0
+        gone = set(victims)
+        freed = sum(c.n for c in chunks if c.seq in gone)
+        chunks[:] = [c for c in chunks if c.seq not in gone]
         for victim in victims:
-            for c in [c for c in chunks if c.seq is victim]:
-                chunks.remove(c)
-                freed += c.n
             self._preempt(victim)
-            preempted.append(victim)
+        preempted.extend(victims)
         return freed
 
     def _preempt(self, seq: Seq) -> None:
