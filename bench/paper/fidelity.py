@@ -111,12 +111,12 @@ def _sequential(base_url: str, n: int, output_tokens: int) -> list[dict]:
 def calibrate(base_url: str, profile: str, n: int = 30) -> tuple[float, float]:
     """On the idle mesh, one request at a time: (fixed per-request overhead, overhead per engine
     step). The first is the median TTFT of 2-token, 1-output requests (HTTP, tokenizer, dispatch
-    query, token path; it holds their 0.4 ms modelled prefill); the second spreads what a
+    query, token path; it holds their modelled 2-token prefill step); the second spreads what a
     64-output request takes beyond that and its modelled decode steps over its 63 steps."""
     ttft1 = float(np.median([r["ttft"] for r in _sequential(base_url, n, 1)]))
     e2e = float(np.median([r["e2e"] for r in _sequential(base_url, n // 3, CAL_TOKENS)]))
     prof = get_profile(profile)
-    decode_s = sum(prof.decode_ms(1, 2 + k) for k in range(1, CAL_TOKENS)) / 1000.0
+    decode_s = sum(prof.step_s(0, 1, 2 + k) for k in range(1, CAL_TOKENS))
     return ttft1, max(0.0, (e2e - ttft1 - decode_s) / (CAL_TOKENS - 1))
 
 
@@ -240,7 +240,7 @@ def run_scenario(name: str, a) -> dict:
     real = run_real(a, items)
     print("real:", json.dumps(real), flush=True)
     # the measured fixed overhead, minus the 2-token prefill the calibration requests paid
-    lat = max(0.0, real["overhead_s"] - 2 * get_profile(a.profile).a / 1000.0)
+    lat = max(0.0, real["overhead_s"] - get_profile(a.profile).step_s(2, 0, 0))
     step_ms = real["step_overhead_s"] * 1000.0
     sim = run_sim(a, items, lat, step_ms)
     ideal = run_sim(a, items, 0.0)

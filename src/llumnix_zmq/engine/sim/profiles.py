@@ -4,7 +4,12 @@ One engine step (continuous batching, prefill chunks and decodes together) is mo
 
     prefill_ms(T)      = a·T + b                  T = prefill tokens in the step   (0 if T = 0)
     decode_ms(B, K)    = c + d·B + e·K            B = decoding requests, K = their KV tokens
-    step_s(T, B, K)    = (prefill_ms(T) + decode_ms(B, K)) / 1000
+    step_ms(T, B, K)   = o + prefill_ms(T) + decode_ms(B, K)     (0 if the step has no work)
+    step_s(T, B, K)    = step_ms(T, B, K) / 1000
+
+``o`` is the engine's fixed cost per step (scheduling, input preparation, sampling, launches),
+paid once by every step whatever it holds; a measured step time is a whole step, so the rows
+are fitted as ``o + prefill_ms`` and ``o + decode_ms``.
 
 Calibration (``fit_profiles`` recomputes every constant below from the CSV; a test checks that
 the constants stay within 5% of the refit):
@@ -19,8 +24,19 @@ Decisions:
 - Fits minimise *relative* squared error (weighted least squares, weight 1/y): the rows span
   1.5 decades, and a plain fit lets the 8K-token point drive the A10 intercept to −31 ms. A
   negative prefill intercept is clamped to 0 and the slope refitted.
-- A10 decode rows all hold ~8K KV tokens, so they fix d and c + 8192·e only: c is set to the
-  ~22 ms weight-read floor of LLaMA-7B fp16 at 600 GB/s and e takes the rest.
+- A10 per-step cost o: the intercept of the prefill rows fitted with attention's quadratic term
+  (o + a'·T + q·T², relative error): 5.6 ms. The prefill slope a is then refitted to
+  ``row − o`` (through the origin; b = 0).
+- A10 decode rows all hold ~8K KV tokens, so they fix d and C = c + 8192·e only. A decode step
+  reads the weights and the batch's KV cache at the same memory bandwidth, so C is split in
+  proportion to the bytes read: c = C·W / (W + 8192·kv), e = C·kv / (W + 8192·kv) (W = 13.5 GB
+  of fp16 weights, kv = 0.5 MiB per token). The rows then imply 479 GB/s, 80% of the A10's 600
+  GB/s (vLLM at batch 1 reaches ~77% of an A100's bandwidth ceiling, a published sweep), so
+  c = 28.2 ms and e = 1.10 µs per KV token: a batch-1 step at a short context takes ~34 ms
+  (~29 tokens/s). An earlier calibration set c to the weights read at the full 600 GB/s (22 ms)
+  and gave the rest to e (2.53 µs per KV token, i.e. KV read at 207 GB/s): the same ~43 ms at
+  8K KV tokens, but steps at the few thousand KV tokens that most instances hold were 20–35%
+  shorter than reading weights and KV at one bandwidth allows.
 - H100 decode rows grow context with batch (mean ctx 330), so d and e are collinear: e is the
   A100 e scaled by the ratio of the two batch-1 floors (both bandwidth-bound), d takes the rest.
   The H100 prefill row (20,608 tokens, 587 ms) ran in ceil(20608 / 4096) = 6 iterations, each
@@ -43,7 +59,6 @@ LLAMA_7B_KV_BYTES_PER_TOKEN = 2 * 32 * 4096 * 2  # K and V × 32 layers × hidde
 LLAMA_7B_WEIGHT_BYTES = 6_738_415_616 * 2
 GPU_MEMORY_UTILIZATION = 0.9
 ACTIVATION_GIB = 0.83
-A10_WEIGHT_FLOOR_MS = 22.0  # 13.5 GB of weights read once per step at ~600 GB/s
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class LatencyProfile:
     num_blocks: int  # default KV capacity in blocks of ``block_size`` tokens
     block_size: int = 16
     max_batch_size: int = 256
+    o: float = 0.0  # ms per step with any work (scheduling, input preparation, sampling)
 
     def prefill_ms(self, num_tokens: int) -> float:
         return self.a * num_tokens + self.b if num_tokens > 0 else 0.0
@@ -65,9 +81,12 @@ class LatencyProfile:
     def decode_ms(self, batch: int, kv_tokens: int) -> float:
         return self.c + self.d * batch + self.e * kv_tokens if batch > 0 else 0.0
 
-    def step_s(self, num_prefill_tokens: int, num_decode_reqs: int, decode_kv_tokens: int) -> float:
+    def step_ms(self, num_prefill_tokens: int, num_decode_reqs: int, decode_kv_tokens: int) -> float:
         ms = self.prefill_ms(num_prefill_tokens) + self.decode_ms(num_decode_reqs, decode_kv_tokens)
-        return ms / 1000.0
+        return ms + self.o if ms > 0.0 else 0.0
+
+    def step_s(self, num_prefill_tokens: int, num_decode_reqs: int, decode_kv_tokens: int) -> float:
+        return self.step_ms(num_prefill_tokens, num_decode_reqs, decode_kv_tokens) / 1000.0
 
 
 def kv_blocks_for_gpu(gpu_mem_bytes: float, block_size: int = 16) -> int:
@@ -84,8 +103,9 @@ PROFILES: dict[str, LatencyProfile] = {
         # A10-24GB, llumnix-artifact-fig10 rows: prefill 58..1995 ms @ 256..8192 tokens,
         # decode 46.80..43.62 ms @ batch 32..1 with ~8192 KV tokens; 862 blocks (24 GB).
         LatencyProfile(
-            "llama-7b-a10", a=0.22269, b=0.0, c=22.0, d=0.11931, e=0.0025288,
+            "llama-7b-a10", a=0.21482, b=0.0, c=28.160, d=0.11919, e=0.0010955,
             kv_bytes_per_token=LLAMA_7B_KV_BYTES_PER_TOKEN, num_blocks=862,  # kv_blocks_for_gpu(24e9)
+            o=5.5823,
         ),
         # A100-80GB, muxserve-llama.json rows: decode 11.5..40.4 ms (ctx 128) and
         # 12.5..40.9 ms (ctx 512), prefill 41.0..2436.3 ms @ 512..32768 tokens; 80 GB.
@@ -178,23 +198,26 @@ def calibration_points(csv_path: Path) -> dict[str, dict[str, list[tuple]]]:
 
 
 def fit_profiles(csv_path: Path) -> dict[str, dict[str, float]]:
-    """Recompute the a, b, c, d, e constants of every profile from the CSV."""
+    """Recompute the a, b, c, d, e, o constants of every profile from the CSV."""
     pts = calibration_points(csv_path)
     out: dict[str, dict[str, float]] = {}
 
     p = np.array(pts["llama-7b-a10"]["prefill"], dtype=float)
-    a, b = _fit_prefill(p[:, 0], p[:, 2])
+    tokens, ms = p[:, 0], p[:, 2]
+    o = float(_rel_lstsq([np.ones_like(tokens), tokens, tokens**2], ms)[0])
+    (a,) = _rel_lstsq([tokens], ms - o)
     q = np.array(pts["llama-7b-a10"]["decode"], dtype=float)
-    d, alpha = _rel_lstsq([q[:, 0], np.ones(len(q))], q[:, 2])
-    kv = q[0, 1]
-    e = (alpha - A10_WEIGHT_FLOOR_MS) / kv
-    out["llama-7b-a10"] = dict(a=a, b=b, c=A10_WEIGHT_FLOOR_MS, d=float(d), e=float(e))
+    d, total = _rel_lstsq([q[:, 0], np.ones(len(q))], q[:, 2] - o)
+    kv_bytes = q[0, 1] * LLAMA_7B_KV_BYTES_PER_TOKEN  # weights and KV read at one bandwidth
+    c = total * LLAMA_7B_WEIGHT_BYTES / (LLAMA_7B_WEIGHT_BYTES + kv_bytes)
+    e = (total - c) / q[0, 1]
+    out["llama-7b-a10"] = dict(a=float(a), b=0.0, c=float(c), d=float(d), e=float(e), o=o)
 
     p = np.array(pts["llama-7b-a100"]["prefill"], dtype=float)
     a, b = _fit_prefill(p[:, 0], p[:, 2])
     q = np.array(pts["llama-7b-a100"]["decode"], dtype=float)
     c, d, e = _rel_lstsq([np.ones(len(q)), q[:, 0], q[:, 1]], q[:, 2])
-    a100 = out["llama-7b-a100"] = dict(a=a, b=b, c=float(c), d=float(d), e=float(e))
+    a100 = out["llama-7b-a100"] = dict(a=a, b=b, c=float(c), d=float(d), e=float(e), o=0.0)
 
     q = np.array(pts["llama-7b-h100"]["decode"], dtype=float)
     c, slope = _rel_lstsq([np.ones(len(q)), q[:, 0]], q[:, 2])
@@ -204,5 +227,5 @@ def fit_profiles(csv_path: Path) -> dict[str, dict[str, float]]:
     ((tokens, iters, ms),) = pts["llama-7b-h100"]["prefill"]
     b = a100["b"] * scale
     a, d = (ms - iters * b) / tokens, slope - e * ctx
-    out["llama-7b-h100"] = dict(a=float(a), b=float(b), c=float(c), d=float(d), e=float(e))
+    out["llama-7b-h100"] = dict(a=float(a), b=float(b), c=float(c), d=float(d), e=float(e), o=0.0)
     return out
