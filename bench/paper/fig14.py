@@ -224,17 +224,20 @@ drains an instance only if the others stay above the band's top without it. Rege
 NOTES = """
 ## Reading the numbers
 
-- Not met. This run: llumnix's points rerun after a freeness fix (ΣV counts the blocks held
-  for an incoming migration; INFaaS++ never migrates, its points are unchanged). The cost
-  saving at equal P99 prefill (Fig. 15 sweep) is still up to 15% (paper 36%); under bursty load
-  llumnix's P99 prefill is 5.1–5.9x better than INFaaS++'s at Gamma CV 4–6 (was 6.5–6.7x; paper
-  up to 11x) with 9–15% fewer instances. Under Poisson and Gamma CV 2 both policies' P99
-  prefill sits on the same floor, the prefill time of the longest prompts (artifact-zipf: 1% of
-  prompts exceed 5,460 tokens, ~1.3 s of prefill each), and llumnix's is 0.7–0.9x of
-  INFaaS++'s while it runs 3–8% fewer instances.
+- Not met. This run: every point rerun on the recalibrated A10 profile (a fixed 5.6 ms per
+  step; weights and KV read at one bandwidth, see engine/sim/profiles.py): steps at the high
+  KV occupancy of 512-512 are now ~10% shorter, at low occupancy ~20% longer. The cost saving
+  at equal P99 prefill (Fig. 15 sweep) is up to 20% (was 15%; paper 36%). At equal thresholds
+  llumnix runs 8–15% fewer instances (was 3–15%); under bursty load its P99 prefill is 7.8x
+  better than INFaaS++'s at Gamma CV 6 and 1.8x at CV 4 (was 5.1x and 5.9x; paper up to 11x).
+  Under Poisson and Gamma CV 2 both policies' P99 prefill sits on the same floor, the prefill
+  time of the longest prompts (artifact-zipf: 1% of prompts exceed 5,460 tokens, ~1.2 s of
+  prefill each), and llumnix's is 0.6–1.0x of INFaaS++'s while it runs 8–11% fewer instances.
+- The run before it: llumnix's points rerun after a freeness fix (ΣV counts the blocks held
+  for an incoming migration): saving at equal P99 15%, CV 4–6 P99 5.1–5.9x.
 - The run before it (on the artifact's 12,800 batched tokens per step, was 4,096) moved the
   saving at equal P99 from 3% to 15% and the CV 4–6 P99 ratio from 1.8–2.3x to 6.5–6.7x.
-- Where llumnix's P99 is worse (Poisson, Gamma CV 2: 1.4–2.0 s vs 1.3–1.5 s) it serves the same
+- Where llumnix's P99 is worse (Poisson, Gamma CV 2: 1.7–2.1 s vs 1.3 s) it serves the same
   load with fewer instances (longer prefill steps beside more decodes) and its first minute
   scales in faster (8 instances down to 4 before the load ramps up; INFaaS++'s drains wait for
   their requests and hold it higher).
