@@ -237,7 +237,7 @@ NOTES = """
   for an incoming migration): saving at equal P99 15%, CV 4–6 P99 5.1–5.9x.
 - The run before it (on the artifact's 12,800 batched tokens per step, was 4,096) moved the
   saving at equal P99 from 3% to 15% and the CV 4–6 P99 ratio from 1.8–2.3x to 6.5–6.7x.
-- Where llumnix's P99 is worse (Poisson, Gamma CV 2: 1.7–2.1 s vs 1.3 s) it serves the same
+- Where llumnix's P99 is worse (Poisson, Gamma CV 2: 1.3–2.1 s vs 1.3 s) it serves the same
   load with fewer instances (longer prefill steps beside more decodes) and its first minute
   scales in faster (8 instances down to 4 before the load ramps up; INFaaS++'s drains wait for
   their requests and hold it higher).
