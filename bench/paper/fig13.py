@@ -158,22 +158,25 @@ llumnix-base, L-h64 = llumnix with a 64-block headroom. Ratios: base / variant (
 NOTES = """
 ## Reading the numbers
 
-- This run adds priority preemption to the engines (``SimConfig.priority_preemption``, on by
-  default, as vLLM v0's priority scheduling did; the torch engine has it too): a HIGH request
-  at the head of the queue whose blocks do not fit preempts NORMAL running requests, last
-  admitted first, when that makes room. Before, it waited for blocks while the running NORMAL
-  requests kept growing into every block freed (L-wait, which reproduces the previous run's
-  llumnix numbers exactly). At 26 req/s llumnix's HIGH P99 prefill is now 1.17–1.22 s at every
-  CV (the prefill time of the longest HIGH prompts), 55.9–67.2x better than llumnix-base
-  (paper: 3.6–10x; without priority preemption 3.2–49.7x). The cost falls on NORMAL requests
-  past capacity: their P99 prefill is 0.97–1.25x of L-wait's (75.9–98.4 s vs 60.7–83.1 s) and
-  their mean end-to-end latency 1.01–1.18x, with 5–23% more preemptions. At 18 req/s no HIGH
-  request ever waits for blocks, so L and L-wait are identical.
-- Other arrival/length seeds (llumnix vs llumnix-base at 26 req/s, CV 2/4/6/8, not in the
-  table): seed 2 gives 81.6x / 73.7x / 71.5x / 71.5x. Seed 3 gives 1.0x / 4.3x / 1.0x / 6.1x:
-  its lengths load the cluster less, and at CV 2 and 6 llumnix-base's HIGH P99 prefill is
-  already the prefill floor (1.2–1.3 s), so there is nothing to win. Where 26 req/s saturates
-  the cluster, priority preemption keeps HIGH requests at that floor.
+- This run: every point rerun on the recalibrated A10 profile (a fixed 5.6 ms per step; weights
+  and KV read at one bandwidth, see engine/sim/profiles.py; steps at a few thousand KV tokens
+  ~20% longer). At 26 req/s llumnix's HIGH P99 prefill is 1.11–1.30 s at every CV (the
+  prefill time of the longest HIGH prompts), 38.7x / 48.3x / 63.0x / 25.7x better than
+  llumnix-base at CV 2 / 4 / 6 / 8 (paper: 3.6–10x; on the previous profile 55.9–67.2x);
+  without priority preemption (L-wait) 29.6x / 38.8x / 8.3x / 12.1x. Past capacity the cost
+  falls on NORMAL requests: their P99 prefill is 0.66–0.98x of L-wait's and their mean
+  end-to-end latency 0.81–1.0x of it, i.e. no worse here. At 18 req/s L and L-wait are
+  identical (no HIGH request waits for blocks).
+- The run before it added priority preemption to the engines (``SimConfig.priority_preemption``,
+  on by default, as vLLM v0's priority scheduling did; the torch engine has it too): a HIGH
+  request at the head of the queue whose blocks do not fit preempts NORMAL running requests,
+  last admitted first, when that makes room. Before, it waited for blocks while the running
+  NORMAL requests kept growing into every block freed (L-wait).
+- Other arrival/length seeds (llumnix vs llumnix-base at 26 req/s, CV 2/4/6/8, on the previous
+  profile, not in the table): seed 2 gave 81.6x / 73.7x / 71.5x / 71.5x. Seed 3 gave 1.0x /
+  4.3x / 1.0x / 6.1x: its lengths load the cluster less, and at CV 2 and 6 llumnix-base's HIGH
+  P99 prefill was already the prefill floor (1.2–1.3 s), so there is nothing to win. Where 26
+  req/s saturates the cluster, priority preemption keeps HIGH requests at that floor.
 - Rerun after the engine change (a chunked-prefill prompt is admitted only when all of it fits
   in free KV blocks; before, a long prompt was admitted on its first chunk and preempted itself
   at each next chunk) and the pairing change (a destination must have room for the source's
@@ -192,10 +195,10 @@ NOTES = """
   with priority-blind engines the scheduler's headroom alone (L-sched) gives 1.2–1.6x.
 - At 18 req/s the cluster has room and there is nothing to win on prefill: every variant's
   HIGH P99 prefill is the prefill time of the longest prompts (~1 s). HIGH P99 decode is then
-  0.4–0.6x (worse) with llumnix: it is the 10th-worst of ~1,000 HIGH requests, set by short
+  0.4–1.0x (worse) with llumnix: it is the 10th-worst of ~1,000 HIGH requests, set by short
   requests whose single decode step shares a batch with a 4,096-token prefill chunk; our
-  latency model's decode step grows little with the batch (22 ms floor + 0.12 ms/request + 2.5
-  µs/KV token), so lighter instances buy HIGH requests little.
+  latency model's decode step grows little with the batch (5.6 ms per step + 28.2 ms weights
+  read + 0.12 ms/request + 1.1 µs/KV token), so lighter instances buy HIGH requests little.
 """
 
 if __name__ == "__main__":
