@@ -206,22 +206,19 @@ def markdown(results: list[dict]) -> str:
         "64-token requests take beyond that and their modelled steps, per step). The "
         "machine's 2 cores were shared with other jobs during the runs.", "",
         *[markdown_one(r) for r in results],
-        "Where preemptions start (3.0 req/s on 200 blocks per instance) the cluster is at the "
-        "edge of its memory: the TTFT P99 (the 5th-worst of 500 requests) is set by a few "
-        "requests queued behind a large head-of-line prompt, and it is unstable on both sides. "
-        "The sensitivity line above shows the simulator's moving several-fold with 1–2 ms more "
-        "per step; the simulator alone, over arrival seeds 1–6 of this scenario, gives TTFT P99 "
-        "1.0, 4.0, 0.50, 0.65, 9.4 and 10.3 s (P50 42–49 ms); and repeated mesh runs of the same "
-        "items differ as much. The P50s and the E2E P99 are the stable comparisons there. The "
-        "middle scenario (2.5 req/s on the same blocks) was added to find a pressured point "
-        "whose tail is stable: the simulator alone (frontend latency 2 ms) gave TTFT P99 "
-        "0.50–0.55 s for seeds 1–4 with 0 preemptions (seed 5: 13 preemptions, 7.2 s). It is "
-        "not stable enough: with the 2.17 ms measured in this run the simulator preempted 3 "
-        "times, and the mesh's P99 came out 71% above the simulator's; its P50s and E2E P99 "
-        "agree within 4%. Wherever memory gets tight, the TTFT tail turns on sub-millisecond "
-        "differences (which request finds the blocks first), so a single run's P99 there "
-        "cannot be expected to agree within 15%; the light-load scenario, which has none of "
-        "that, agrees within 4% on every row.", "",
+        "Where memory is tight (200 blocks per instance) the TTFT P99 (the 5th-worst of 500 "
+        "requests) is set by a few requests queued behind a large head-of-line prompt, and it "
+        "is unstable on both sides: the sensitivity lines above move it several-fold with 1–2 "
+        "ms more per step, and on the previous A10 profile the simulator alone gave TTFT P99 "
+        "1.0, 4.0, 0.50, 0.65, 9.4 and 10.3 s over arrival seeds 1–6 of the 3.0 req/s scenario "
+        "(P50 42–49 ms); repeated mesh runs of the same items differ as much. The 2.5 req/s "
+        "scenario was added to find a pressured point whose tail is stable (on the previous "
+        "profile the simulator alone gave 0.50–0.55 s for seeds 1–4 with 0 preemptions); it is "
+        "not: here both sides preempt and the P99s differ several-fold. Wherever memory gets "
+        "tight, the TTFT tail turns on sub-millisecond differences (which request finds the "
+        "blocks first), so a single run's P99 there cannot be expected to agree within 15%; "
+        "the P50s and the E2E P99 are the stable comparisons there, and the light-load "
+        "scenario, which has none of that, agrees within 15% on every row (see its table).", "",
         "Regenerate: `python bench/paper/fidelity.py` (every scenario; see its docstring); "
         "`--report` rebuilds this file from the JSON.", ""])
 
