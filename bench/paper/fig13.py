@@ -172,11 +172,12 @@ NOTES = """
   request at the head of the queue whose blocks do not fit preempts NORMAL running requests,
   last admitted first, when that makes room. Before, it waited for blocks while the running
   NORMAL requests kept growing into every block freed (L-wait).
-- Other arrival/length seeds (llumnix vs llumnix-base at 26 req/s, CV 2/4/6/8, on the previous
-  profile, not in the table): seed 2 gave 81.6x / 73.7x / 71.5x / 71.5x. Seed 3 gave 1.0x /
-  4.3x / 1.0x / 6.1x: its lengths load the cluster less, and at CV 2 and 6 llumnix-base's HIGH
-  P99 prefill was already the prefill floor (1.2–1.3 s), so there is nothing to win. Where 26
-  req/s saturates the cluster, priority preemption keeps HIGH requests at that floor.
+- Other arrival/length seeds (llumnix vs llumnix-base at 26 req/s, CV 2/4/6/8, this profile,
+  not in the table): seed 2 gives 47.4x / 72.2x / 56.5x / 104.6x. Seed 3 gives 1.0x / 9.4x /
+  1.3x / 2.9x: its lengths load the cluster less, and at CV 2 and 6 llumnix-base's HIGH P99
+  prefill is already near the prefill floor (1.1–1.6 s), so there is little to win; llumnix
+  keeps HIGH at 1.1–1.3 s at every CV and seed. Where 26 req/s saturates the cluster,
+  priority preemption keeps HIGH requests at that floor.
 - Rerun after the engine change (a chunked-prefill prompt is admitted only when all of it fits
   in free KV blocks; before, a long prompt was admitted on its first chunk and preempted itself
   at each next chunk) and the pairing change (a destination must have room for the source's
