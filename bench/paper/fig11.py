@@ -244,8 +244,12 @@ NOTES = """
   memory-bound: P99 prefill 19.5 s vs llumnix 1.14 s (17x; mean 4.4x, P99 decode 1.2x; 432 vs
   221 preemptions), the paper's picture. But that profile then takes ~51 ms per step at 8K KV
   tokens, 10–18% above the artifact's rows. On this profile, 3 and 6 ms more per step give
-  1.1x and 1.3x (INFaaS++ preempts 26 and 51 times). The collapse needs steps that slow down
-  steeply as an instance fills (a large e), which the rows do not show. So the paper's
+  1.1x and 1.3x (INFaaS++ preempts 26 and 51 times). Every coefficient of this profile × 1.1
+  gives 1.5x / 1.0x / 1.1x on P99 prefill at 128-128@36 / 256-256@7.8 / 512-512@3.0 (mean 1.6x
+  / 1.7x / 2.4x); × 1.2 (51–56 ms per step at 8K KV tokens) gives 8.8x at 128-128@36 (12.1 s vs
+  1.37 s; mean 4.0x) while 256-256@7.8 stays at 1.0x and 512-512@3.0 is past capacity for both
+  (40 s vs 21 s). The collapse needs steps that slow down steeply as an instance fills (a
+  large e) or are slower overall than the rows show. So the paper's
   testbed ran slower per step under serving load than its own microbenchmark rows (Fig. 10's
   migration experiment), or its instances held less KV; we keep the model the rows support.
 - The run before it: llumnix's points rerun after a freeness fix (ΣV counts the blocks an
