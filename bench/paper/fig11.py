@@ -110,30 +110,31 @@ def report(res: dict) -> str:
     return summary + "\n\n" + md_table(head, rows) + "\n\n" + ceiling_table(res)
 
 
-def prefill_floor(trace: str, rate: float, requests: int) -> tuple[float, float]:
-    """(P99, mean) of the point's prefill latencies if every prompt were prefilled alone the
+def prefill_floor(config: dict) -> tuple[float, float]:
+    """(P99, mean) of a point's prefill latencies if every prompt were prefilled alone the
     moment it arrived (one prefill-only step each, no queueing, no decodes beside it): no
-    policy can do better, so INFaaS++'s latency over this bounds any policy's gain."""
+    policy can do better, so INFaaS++'s latency over this bounds any policy's gain.
+    ``config``: the point's recorded SimulationConfig arguments (its workload and profile)."""
     import numpy as np
 
     from llumnix_zmq.engine.sim.profiles import get_profile
-    from llumnix_zmq.workload import build_workload
+    from llumnix_zmq.sim import SimulationConfig, build_items
 
-    prof = get_profile("llama-7b-a10")
-    items = build_workload(trace, requests, rate=rate, seed=1)
-    pre = np.array([prof.step_s(i.prompt_tokens, 0, 0) for i in items])
+    cfg = SimulationConfig(progress=False, **config)
+    prof = get_profile(cfg.profile)
+    pre = np.array([prof.step_s(i.prompt_tokens, 0, 0) for i in build_items(cfg)])
     return float(np.percentile(pre, 99)), float(pre.mean())
 
 
 def ceiling_table(res: dict) -> str:
     """At each of the paper's rates: the most any policy could win over INFaaS++."""
     rows = []
-    for label, trace, _, rates, n in TRACES:
-        for rate in PAPER_RATES.get(label, ()):
+    for label, rates in PAPER_RATES.items():
+        for rate in rates:
             lm, im = (res.get(f"{label}@{rate}/{p}") for p in ("llumnix", "infaas++"))
             if lm is None or im is None:
                 continue
-            f99, fmean = prefill_floor(trace, rate, n)
+            f99, fmean = prefill_floor(im["config"])
             i, l_ = im["metrics"]["ttft"], lm["metrics"]["ttft"]
             rows.append([f"{label}@{rate}", f"{ms(f99)} / {ms(fmean)}",
                          f"{ms(i['p99'])} / {ms(i['mean'])}",
