@@ -31,6 +31,9 @@ class SchedulerConfig:
     migrate_out_threshold: float = -1.0  # None-like sentinel: use the policy default
     migrate_in_threshold: float = -1.0
     headroom_blocks: int = -1
+    # a prompt this long goes where the fewest requests wait for its prefill (0: off; policy.py)
+    long_prompt_tokens: int = -1
+    long_prompt_min_freeness: float = -1.0
     max_migrations_per_pair: int = 1
     autoscale_min: int = 0  # 0: auto-scaling off
     autoscale_max: int = 0

@@ -178,3 +178,41 @@ def test_the_fast_dispatch_key_equals_dispatch_freeness_exactly():
             key = _dispatch_freeness_key(headroom, prompt)
             for info in infos:
                 assert key(info) == (dispatch_freeness(info, headroom, prompt),)
+
+
+# Long prompts (>= cfg.long_prompt_tokens, default 512): the fewest requests that would wait for
+# the prefill, among instances keeping F_d >= long_prompt_min_freeness (default 10).
+X = inst("X", 400, req("x1", 100), req("x2", 100))  # F_d(32 blocks) = (400-200-32)/3 = 56
+Y = inst("Y", 400, *(req(f"y{k}", 5) for k in range(4)))  # (400-20-32)/5 = 69.6
+Z = inst("Z", 400, req("z1", 380))  # (400-380-32)/2 = -6: fewest requests, but no room
+
+
+def test_long_prompt_goes_where_fewest_requests_wait():
+    assert dispatch_freeness(X, 4, 512) == 56.0
+    assert dispatch_freeness(Y, 4, 512) == pytest.approx(69.6)
+    assert go("llumnix", [X, Y, Z], tokens=512) == ("X", "llumnix:long-prompt")
+    assert go("llumnix-base", [X, Y, Z], tokens=512) == ("X", "llumnix-base:long-prompt")
+    # one token short of the cut: plain dispatch freeness picks Y
+    assert go("llumnix", [X, Y, Z], tokens=511) == ("Y", "llumnix:freest")
+    # disabled
+    off = PolicyConfig(headroom_blocks=4, long_prompt_tokens=0)
+    assert dispatch("llumnix", [X, Y, Z], 512, NORMAL, random.Random(0), cfg=off) == \
+        ("Y", "llumnix:freest")
+    # HIGH keeps its headroom rule
+    assert go("llumnix", [X, Y, Z], tokens=512, prio=HIGH) == ("Y", "llumnix:headroom")
+
+
+def test_long_prompt_counts_waiting_requests_and_falls_back_to_freest():
+    # X with a queued request: 3 would wait on X, 4 on Y -> X still; with two queued, 4 vs 4:
+    # the tie goes to the larger F_d (Y)
+    x1 = inst("X", 400, req("x1", 100), req("x2", 100), req("w1", 1, running=False))
+    assert go("llumnix", [x1, Y], tokens=512) == ("X", "llumnix:long-prompt")
+    x2 = inst("X", 400, req("x1", 100), req("x2", 100), req("w1", 1, running=False),
+              req("w2", 1, running=False))
+    assert go("llumnix", [x2, Y], tokens=512) == ("Y", "llumnix:long-prompt")
+    # nobody keeps F_d >= 10: the largest F_d wins, whatever the request counts
+    tight = PolicyConfig(headroom_blocks=4, long_prompt_min_freeness=100.0)
+    assert dispatch("llumnix", [X, Y, Z], 512, NORMAL, random.Random(0), cfg=tight) == \
+        ("Y", "llumnix:long-prompt")
+    with pytest.raises(ValueError):
+        PolicyConfig(long_prompt_tokens=-1)

@@ -20,6 +20,8 @@ _OVERRIDES = {
     "migrate_out_threshold": "migrate_out_threshold",
     "migrate_in_threshold": "migrate_in_threshold",
     "headroom_blocks": "headroom_blocks",
+    "long_prompt_tokens": "long_prompt_tokens",
+    "long_prompt_min_freeness": "long_prompt_min_freeness",
     "scale_out_threshold": "scale_out_threshold",
     "scale_in_threshold": "scale_in_threshold",
 }

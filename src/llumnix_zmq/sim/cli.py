@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--migrate-out-threshold", type=float, default=None)
     s.add_argument("--migrate-in-threshold", type=float, default=None)
     s.add_argument("--headroom-blocks", type=int, default=None)
+    s.add_argument("--long-prompt-tokens", type=int, default=None,
+                   help="llumnix dispatch: a prompt this long goes where the fewest requests "
+                        "wait for its prefill (0: off; default PolicyConfig's)")
+    s.add_argument("--long-prompt-min-freeness", type=float, default=None)
     s.add_argument("--report-period", type=float, default=0.05, help="seconds")
     s.add_argument("--no-report-on-change", action="store_true",
                    help="report only periodically (the worker also reports on arrival/finish)")
@@ -109,6 +113,8 @@ def config_from_args(a: argparse.Namespace) -> SimulationConfig:
         max_output=a.max_output, seed=a.seed, policy=a.policy, migration=not a.no_migration,
         selection=a.selection, migrate_out_threshold=a.migrate_out_threshold,
         migrate_in_threshold=a.migrate_in_threshold, headroom_blocks=a.headroom_blocks,
+        long_prompt_tokens=a.long_prompt_tokens,
+        long_prompt_min_freeness=a.long_prompt_min_freeness,
         report_period_s=a.report_period, report_on_change=not a.no_report_on_change,
         pairing_period_s=a.pairing_period, max_migrations_per_pair=a.max_migrations_per_pair,
         max_concurrent_migrations=a.max_concurrent_migrations, engine_priorities=prios,

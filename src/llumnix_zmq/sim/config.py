@@ -45,6 +45,8 @@ class SimulationConfig:
     migrate_out_threshold: float | None = None
     migrate_in_threshold: float | None = None
     headroom_blocks: int | None = None
+    long_prompt_tokens: int | None = None  # None: PolicyConfig's (dispatch.py); 0: off
+    long_prompt_min_freeness: float | None = None
     report_period_s: float = 0.05
     report_on_change: bool = True  # like the worker: report at once on arrival/finish/migration
     pairing_period_s: float = 0.1
@@ -105,6 +107,7 @@ class SimulationConfig:
         """The PolicyConfig the scheduler service would build from the same flags."""
         kw = {}
         for name in ("migrate_out_threshold", "migrate_in_threshold", "headroom_blocks",
+                     "long_prompt_tokens", "long_prompt_min_freeness",
                      "scale_out_threshold", "scale_in_threshold"):
             if getattr(self, name) is not None:
                 kw[name] = getattr(self, name)

@@ -47,6 +47,11 @@ class PolicyConfig:
     migrate_in_threshold: float = 10.0
     # a destination must have room (M − ΣV) for the request plus this many blocks of growth
     migrate_room_margin_blocks: int = 2
+    # dispatch (llumnix, llumnix-base): a NORMAL prompt of at least this many tokens goes to the
+    # instance where the fewest requests would wait for its prefill, among those whose dispatch
+    # freeness stays >= long_prompt_min_freeness (dispatch.py); 0 disables
+    long_prompt_tokens: int = 512
+    long_prompt_min_freeness: float = 10.0
     # auto-scaling keeps the cluster's average freeness (autoscale.py: free blocks and requests
     # summed over instances, as the artifact's avg_load) in [scale_out_threshold,
     # scale_in_threshold]: below → launch, above (even without the victim) → drain one.
@@ -79,6 +84,8 @@ class PolicyConfig:
             raise ValueError("need 0 <= min_instances <= max_instances")
         if self.headroom_blocks < 0:
             raise ValueError("headroom_blocks must be >= 0")
+        if self.long_prompt_tokens < 0:
+            raise ValueError("long_prompt_tokens must be >= 0")
 
     def _band_extent(self) -> float:
         return max(abs(self.scale_in_threshold), abs(self.scale_out_threshold))
