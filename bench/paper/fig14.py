@@ -224,7 +224,15 @@ drains an instance only if the others stay above the band's top without it. Rege
 NOTES = """
 ## Reading the numbers
 
-- Not met. This run: every point rerun on the recalibrated A10 profile (a fixed 5.6 ms per
+- Not met. This run: llumnix's points rerun with long-prompt dispatch (a prompt of >= 512
+  tokens goes where the fewest requests would wait for its prefill, among instances keeping
+  F_d >= 10; scheduler/policy/dispatch.py). Cost saving at equal or better P99 prefill (Fig. 15
+  sweep): up to 26% (was 20%; paper 36%); llumnix's sweep reaches the P99 floor at fewer
+  instances (25 / 75: 1.31 s at 8.87, was 1.34 s at 8.86; 10 / 60: 1.46 s at 8.20, was 2.13 s).
+  At equal thresholds it runs 7–15% fewer instances; Gamma CV 4 P99 prefill 2.6x better (was
+  1.8x), CV 6 6.6x (was 7.8x); Poisson 0.80–0.94x (was 0.72–0.96x), Gamma CV 2 0.93x (was
+  0.63x).
+- The run before it: every point rerun on the recalibrated A10 profile (a fixed 5.6 ms per
   step; weights and KV read at one bandwidth, see engine/sim/profiles.py): steps at the high
   KV occupancy of 512-512 are now ~10% shorter, at low occupancy ~20% longer. The cost saving
   at equal P99 prefill (Fig. 15 sweep) is up to 20% (was 15%; paper 36%). At equal thresholds
