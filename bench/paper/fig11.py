@@ -242,8 +242,8 @@ NOTES = """
   at 26 req/s went from 11.6 s to 15.3 s P99 prefill (still 1.3x better than INFaaS++). The
   cut was chosen on 512-512 at 2.6 req/s (P99 decode 69.6 ms without the rule; 52–54 ms with
   cuts of 256, 512 or 1,024 tokens, 57 ms at 2,048), then checked at five other points.
-- The run before it: every point rerun on the recalibrated A10 profile (engine/sim/profiles.py). A step
-  now pays a fixed 5.6 ms (the intercept of the artifact's prefill rows, fitted with
+- The run before it: every point rerun on the recalibrated A10 profile
+  (engine/sim/profiles.py). A step now pays a fixed 5.6 ms (the intercept of the artifact's prefill rows, fitted with
   attention's quadratic term), and a decode step reads the weights and the KV cache at one
   bandwidth (the 8K-token decode rows then imply 479 GB/s, 80% of the A10's peak): c = 28.2 ms,
   e = 1.10 µs per KV token, where the previous profile had c = 22 ms (weights at the full 600
@@ -266,7 +266,7 @@ NOTES = """
   large e) or are slower overall than the rows show. So the paper's
   testbed ran slower per step under serving load than its own microbenchmark rows (Fig. 10's
   migration experiment), or its instances held less KV; we keep the model the rows support.
-- The run before it: llumnix's points rerun after a freeness fix (ΣV counts the blocks an
+- Earlier: llumnix's points rerun after a freeness fix (ΣV counts the blocks an
   instance holds for an incoming migration). Before that: 10,000 requests per point (was
   5,000), and the testbed engine (no chunked prefill, 12,800 batched tokens, the artifact's
   thresholds; before it, today's vLLM behaviour). None of those moved the headline past 1.3x

@@ -241,14 +241,14 @@ NOTES = """
   Under Poisson and Gamma CV 2 both policies' P99 prefill sits on the same floor, the prefill
   time of the longest prompts (artifact-zipf: 1% of prompts exceed 5,460 tokens, ~1.2 s of
   prefill each), and llumnix's is 0.6–1.0x of INFaaS++'s while it runs 8–11% fewer instances.
-- The run before it: llumnix's points rerun after a freeness fix (ΣV counts the blocks held
+- Earlier: llumnix's points rerun after a freeness fix (ΣV counts the blocks held
   for an incoming migration): saving at equal P99 15%, CV 4–6 P99 5.1–5.9x.
 - Under Poisson arrivals the paper's 12.2x is out of any policy's reach on this model: if every
   prompt were prefilled alone the moment it arrived, the P99 prefill of these 512-512 lengths
   would be 1.17 s, and INFaaS++ measures 1.29–1.33 s (Gamma CV 2: 1.35 s), so a perfect
   scheduler could win at most 1.10–1.15x there (the same bound as Fig. 11's table). Only
   bursty arrivals leave room: INFaaS++ at CV 4 and 6 measures 5.5 s and 101 s.
-- The run before it (on the artifact's 12,800 batched tokens per step, was 4,096) moved the
+- Earlier still (on the artifact's 12,800 batched tokens per step, was 4,096) moved the
   saving at equal P99 from 3% to 15% and the CV 4–6 P99 ratio from 1.8–2.3x to 6.5–6.7x.
 - Where llumnix's P99 is worse (Poisson, Gamma CV 2: 1.3–2.1 s vs 1.3 s) it serves the same
   load with fewer instances (longer prefill steps beside more decodes) and its first minute
