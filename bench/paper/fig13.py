@@ -158,7 +158,16 @@ llumnix-base, L-h64 = llumnix with a 64-block headroom. Ratios: base / variant (
 NOTES = """
 ## Reading the numbers
 
-- This run: every point rerun on the recalibrated A10 profile (a fixed 5.6 ms per step; weights
+- This run: every point rerun with long-prompt dispatch in every llumnix variant (a NORMAL
+  prompt of >= 512 tokens goes where the fewest requests would wait for its prefill, among
+  instances keeping F_d >= 10; scheduler/policy/dispatch.py). At 26 req/s llumnix's HIGH P99
+  prefill is 1.10–1.24 s at every CV, 38.2x / 31.5x / 45.2x / 23.6x better than llumnix-base
+  at CV 2 / 4 / 6 / 8 (paper 3.6–10x; the run before: 38.7x / 48.3x / 63.0x / 25.7x, the
+  difference is llumnix-base's P99, which moves by seconds between runs this far past
+  capacity); without priority preemption (L-wait) 19.5x / 26.0x / 4.8x / 11.5x. NORMAL
+  requests under L vs L-wait: P99 prefill 0.82–1.12x (1.12x at CV 4), mean end-to-end
+  0.95–1.04x. The "other seeds" bullet below predates this rule.
+- The run before it: every point rerun on the recalibrated A10 profile (a fixed 5.6 ms per step; weights
   and KV read at one bandwidth, see engine/sim/profiles.py; steps at a few thousand KV tokens
   ~20% longer). At 26 req/s llumnix's HIGH P99 prefill is 1.11–1.30 s at every CV (the
   prefill time of the longest HIGH prompts), 38.7x / 48.3x / 63.0x / 25.7x better than
