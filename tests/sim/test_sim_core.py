@@ -106,3 +106,22 @@ def test_frontend_latency_and_deadline(round_profile):
                                       requests=3, progress=False, max_sim_seconds=0.1), items)
     cut.run()
     assert cut.truncated and cut.end_time == pytest.approx(0.1) and cut.finished == 1
+
+
+def test_long_prompt_flags_reach_the_policy():
+    """--long-prompt-tokens / --long-prompt-min-freeness: simulator CLI and scheduler service
+    build the same PolicyConfig (default 512 / 10; 0 turns the rule off)."""
+    from llumnix_zmq.config import SchedulerConfig
+    from llumnix_zmq.scheduler.decisions import policy_config
+    from llumnix_zmq.sim.cli import build_parser, config_from_args
+
+    assert SimulationConfig().policy_config().long_prompt_tokens == 512
+    assert SimulationConfig().policy_config().long_prompt_min_freeness == 10.0
+    a = build_parser().parse_args(["--long-prompt-tokens", "0",
+                                   "--long-prompt-min-freeness", "3.5"])
+    pc = config_from_args(a).policy_config()
+    assert (pc.long_prompt_tokens, pc.long_prompt_min_freeness) == (0, 3.5)
+    assert policy_config(SchedulerConfig()).long_prompt_tokens == 512
+    svc = policy_config(SchedulerConfig(long_prompt_tokens=2048, long_prompt_min_freeness=20.0))
+    assert (svc.long_prompt_tokens, svc.long_prompt_min_freeness) == (2048, 20.0)
+    assert policy_config(SchedulerConfig(long_prompt_tokens=0)).long_prompt_tokens == 0
