@@ -166,7 +166,11 @@ NOTES = """
   difference is llumnix-base's P99, which moves by seconds between runs this far past
   capacity); without priority preemption (L-wait) 19.5x / 26.0x / 4.8x / 11.5x. NORMAL
   requests under L vs L-wait: P99 prefill 0.82–1.12x (1.12x at CV 4), mean end-to-end
-  0.95–1.04x. The "other seeds" bullet below predates this rule.
+  0.95–1.04x. Other arrival/length seeds with this rule (llumnix vs llumnix-base, 26 req/s,
+  CV 2/4/6/8): seed 2 34.5x / 47.9x / 70.2x / 87.1x; seed 3 1.0x / 18.3x / 1.1x / 12.9x
+  (its lengths do not saturate the cluster at CV 2 and 6: llumnix-base's HIGH P99 is already
+  1.1 s there); llumnix's HIGH P99 is 1.02–1.17 s at every CV and seed. The "other seeds"
+  bullet below is from the run before.
 - The run before it: every point rerun on the recalibrated A10 profile (a fixed 5.6 ms per step; weights
   and KV read at one bandwidth, see engine/sim/profiles.py; steps at a few thousand KV tokens
   ~20% longer). At 26 req/s llumnix's HIGH P99 prefill is 1.11–1.30 s at every CV (the
