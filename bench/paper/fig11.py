@@ -241,7 +241,9 @@ NOTES = """
   any of the three (128-512@4.8 was 0.6x on P99 prefill, now 1.0x). Past capacity, ShareGPT
   at 26 req/s went from 11.6 s to 15.3 s P99 prefill (still 1.3x better than INFaaS++). The
   cut was chosen on 512-512 at 2.6 req/s (P99 decode 69.6 ms without the rule; 52–54 ms with
-  cuts of 256, 512 or 1,024 tokens, 57 ms at 2,048), then checked at five other points.
+  cuts of 256, 512 or 1,024 tokens, 57 ms at 2,048), then checked at five other points. Seed 2
+  (not in the table): P99 decode 2.47x at 512-512@2.6, 2.31x at 512-512@3.0, 1.90x at
+  256-256@7.4.
 - The run before it: every point rerun on the recalibrated A10 profile
   (engine/sim/profiles.py). A step now pays a fixed 5.6 ms (the intercept of the artifact's prefill rows, fitted with
   attention's quadratic term), and a decode step reads the weights and the KV cache at one
