@@ -102,6 +102,9 @@ class FrontendConfig:
     max_body_bytes: int = 4 << 20
     max_tokens_limit: int = 8192
     dispatch_policy: str = "llumnix"  # fallback policy when the scheduler is unreachable
+    # the fallback's long-prompt rule (as the scheduler's flags; -1: the policy default, 0: off)
+    long_prompt_tokens: int = -1
+    long_prompt_min_freeness: float = -1.0
     dispatch_timeout_s: float = 0.5
     dispatch_ticket_ttl_s: float = 0.05  # 0: ask the scheduler per request (frontend/tickets.py)
     instance_refresh_s: float = 0.2

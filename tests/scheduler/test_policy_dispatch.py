@@ -216,3 +216,23 @@ def test_long_prompt_counts_waiting_requests_and_falls_back_to_freest():
         ("Y", "llumnix:long-prompt")
     with pytest.raises(ValueError):
         PolicyConfig(long_prompt_tokens=-1)
+
+
+def test_frontend_fallback_takes_the_long_prompt_settings():
+    """The frontend's fallback dispatch (scheduler unreachable) applies the same rule, with the
+    same flags: -1 the policy default, 0 off."""
+    from types import SimpleNamespace
+
+    from llumnix_zmq.config import FrontendConfig
+    from llumnix_zmq.scheduler.decisions import local_dispatch
+
+    def pick(**kw):
+        return local_dispatch("llumnix", [X, Y, Z], 512, NORMAL, random.Random(0),
+                              SimpleNamespace(), **kw)
+
+    assert pick() == "X"
+    assert pick(long_prompt_tokens=0) == "Y"
+    assert pick(long_prompt_tokens=1024) == "Y"  # 512 tokens are not long at a 1,024 cut
+    assert pick(long_prompt_min_freeness=60.0) == "Y"  # X's F_d (56) no longer qualifies
+    fc = FrontendConfig()
+    assert (fc.long_prompt_tokens, fc.long_prompt_min_freeness) == (-1, -1.0)

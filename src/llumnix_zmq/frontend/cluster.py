@@ -234,7 +234,8 @@ class Cluster:
                         exc.message)
         infos = [i for i in self.live_instances() if i.instance_id not in exclude]
         choice = local_dispatch(self.cfg.dispatch_policy, infos, num_prompt_tokens, priority,
-                                self.rng, self)
+                                self.rng, self, long_prompt_tokens=self.cfg.long_prompt_tokens,
+                                long_prompt_min_freeness=self.cfg.long_prompt_min_freeness)
         if choice is None:
             raise NoInstance("no live instance known")
         return choice, self.instances[choice].address

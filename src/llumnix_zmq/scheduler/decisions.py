@@ -118,8 +118,17 @@ class Decider:
 
 
 def local_dispatch(policy: str, infos: list[InstanceInfo], num_prompt_tokens: int,
-                   priority: Priority, rng: random.Random, holder) -> str | None:
-    cfg = PolicyConfig(dispatch_policy=base_policy(policy), report_staleness_s=float("inf"))
+                   priority: Priority, rng: random.Random, holder, *,
+                   long_prompt_tokens: int = -1,
+                   long_prompt_min_freeness: float = -1.0) -> str | None:
+    """The frontend's fallback dispatch from its last-known table (scheduler unreachable).
+    Negative long-prompt settings mean the policy default, as the scheduler's flags do."""
+    kw = {}
+    if long_prompt_tokens >= 0:
+        kw["long_prompt_tokens"] = long_prompt_tokens
+    if long_prompt_min_freeness >= 0:
+        kw["long_prompt_min_freeness"] = long_prompt_min_freeness
+    cfg = PolicyConfig(dispatch_policy=base_policy(policy), report_staleness_s=float("inf"), **kw)
     if getattr(holder, "rr_state", None) is None:
         holder.rr_state = RoundRobinState()
     try:
