@@ -41,7 +41,8 @@ class _Conn(asyncio.Protocol):
     def __init__(self):
         self.transport: asyncio.Transport | None = None
         self.res: WireResult | None = None
-        self.done: asyncio.Future | None = None
+        self.done: asyncio.Future | None = None  # the result is known ([DONE], error)
+        self.ended: asyncio.Future | None = None  # the HTTP response is over (last chunk)
         self.lost = False
         self._buf = bytearray()
         self._head_done = False
@@ -56,19 +57,21 @@ class _Conn(asyncio.Protocol):
         self.lost = True
         if self.done is not None and not self.done.done():
             self.done.set_exception(ConnectionError(f"connection lost: {exc}"))
+        self._http_end()
 
     def request(self, raw: bytes, res: WireResult) -> asyncio.Future:
         self.res, self._buf, self._body = res, bytearray(), bytearray()
         self._head_done, self._chunked, self._left = False, False, 0
         self.done = asyncio.get_running_loop().create_future()
+        self.ended = asyncio.get_running_loop().create_future()
         res.start = time.perf_counter()
         self.transport.write(raw)
         return self.done
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()  # first: the arrival time of these bytes
-        if self.done is None or self.done.done():
-            return
+        if self.done is None or (self.done.done() and self.ended.done()):
+            return  # nothing asked, or the response is over (the pool closes such a conn)
         try:
             self._feed(data, now)
         except Exception as exc:  # a malformed answer ends this request, not the run
@@ -99,6 +102,8 @@ class _Conn(asyncio.Protocol):
             del self._buf[:take]
             if self._left >= 0:
                 self._left -= take
+                if self._left == 0:
+                    self._http_end()
         self._events(now)
 
     def _dechunk(self) -> None:
@@ -122,7 +127,10 @@ class _Conn(asyncio.Protocol):
             size = int(bytes(self._buf[:end]).split(b";")[0], 16)
             del self._buf[:end + 2]
             if size == 0:  # the last chunk: the response is over (trailers not expected)
+                if self._buf[:2] == b"\r\n":  # its empty trailer line (dropped if it comes later)
+                    del self._buf[:2]
                 self._body += b"\n\n"
+                self._http_end()
                 return
             self._left = size
 
@@ -154,6 +162,10 @@ class _Conn(asyncio.Protocol):
                         res.chunks += 1
                 elif b'"text":""' not in data:
                     res.chunks += 1
+
+    def _http_end(self) -> None:
+        if self.ended is not None and not self.ended.done():
+            self.ended.set_result(None)
 
     def _finish(self, error: str | None) -> None:
         if self.res is not None and error is not None:
@@ -190,6 +202,14 @@ class WirePool:
                "Accept: text/event-stream\r\n\r\n").encode() + payload
         try:
             await asyncio.wait_for(conn.request(raw, res), timeout)
+            if res.error is None:
+                # [DONE] ends the result, not the response: the last chunk may still be on its
+                # way, and a request sent before it arrives would read it as its own head
+                await asyncio.wait_for(asyncio.shield(conn.ended), 5.0)
+        except asyncio.TimeoutError:
+            if res.e2e is None:
+                res.error = res.error or "TimeoutError"
+            conn.lost = True  # an unfinished response: do not reuse the connection
         except Exception as exc:
             res.error = res.error or f"{type(exc).__name__}: {exc}"
         if res.error is None and not conn.lost:

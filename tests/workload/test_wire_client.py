@@ -138,3 +138,49 @@ def test_run_wire_against_a_local_server_reuses_warm_connections():
     assert [r.chunks for r in res] == [3, 4, 5, 3, 4, 5]
     assert all(0 < r.ttft <= r.e2e for r in res)
     assert len(peers) == 1  # kept alive: each request took the connection the last one freed
+
+
+def test_last_chunk_after_done_is_not_read_as_the_next_responses_head():
+    """[DONE] ends the result but not the HTTP response: when the terminating ``0\\r\\n\\r\\n``
+    arrives in a later read, it belongs to this response (``ended``), so a request sent on the
+    same connection afterwards parses its own head. (Before, a reused connection read the stray
+    terminator as a status line: the run recorded an ``HTTP `` error and the frontend logged
+    "Cannot write to closing transport".)"""
+    async def main():
+        conn = wire._Conn()
+        conn.connection_made(FakeTransport())
+        first = wire.WireResult(0)
+        done = conn.request(b"POST / HTTP/1.1\r\n\r\n", first)
+        raw = HEAD + chunked(sse(text_chunk("a")), sse(b"[DONE]"))
+        tail = raw.rindex(b"0\r\n\r\n")
+        conn.data_received(raw[:tail])
+        assert done.done() and first.error is None and first.e2e is not None
+        assert not conn.ended.done()  # the last chunk is still on its way
+        conn.data_received(raw[tail:])
+        assert conn.ended.done() and conn._buf == bytearray()
+        second = wire.WireResult(1)
+        done2 = conn.request(b"POST / HTTP/1.1\r\n\r\n", second)
+        conn.data_received(HEAD + chunked(sse(text_chunk("b")), sse(text_chunk("c")),
+                                          sse(b"[DONE]")))
+        assert done2.done() and conn.ended.done()
+        return second
+
+    second = asyncio.run(main())
+    assert (second.error, second.chunks) == (None, 2)
+
+
+def test_content_length_response_ends_when_its_body_is_in():
+    async def main():
+        conn = wire._Conn()
+        conn.connection_made(FakeTransport())
+        res = wire.WireResult(0)
+        conn.request(b"POST / HTTP/1.1\r\n\r\n", res)
+        body = sse(text_chunk("x")) + sse(b"[DONE]")
+        raw = (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)) + body
+        conn.data_received(raw[:-1])
+        assert not conn.ended.done()
+        conn.data_received(raw[-1:])
+        return res, conn.ended.done()
+
+    res, ended = asyncio.run(main())
+    assert res.error is None and ended
