@@ -33,9 +33,14 @@ def base_policy(name: str) -> str:
     return "llumnix" if name.startswith("pin:") else name
 
 
+def _overrides(flags: dict) -> dict:
+    """Service flag values (``_OVERRIDES`` keys) -> PolicyConfig kwargs; None or a negative
+    value means the policy default."""
+    return {_OVERRIDES[k]: v for k, v in flags.items() if v is not None and v >= 0}
+
+
 def policy_config(cfg) -> PolicyConfig:
-    kwargs = {dst: getattr(cfg, src) for src, dst in _OVERRIDES.items()
-              if getattr(cfg, src) is not None and getattr(cfg, src) >= 0}
+    kwargs = _overrides({src: getattr(cfg, src) for src in _OVERRIDES})
     if cfg.autoscale_max:
         kwargs.update(min_instances=cfg.autoscale_min, max_instances=cfg.autoscale_max)
     return PolicyConfig(
@@ -118,17 +123,12 @@ class Decider:
 
 
 def local_dispatch(policy: str, infos: list[InstanceInfo], num_prompt_tokens: int,
-                   priority: Priority, rng: random.Random, holder, *,
-                   long_prompt_tokens: int = -1,
-                   long_prompt_min_freeness: float = -1.0) -> str | None:
+                   priority: Priority, rng: random.Random, holder, **flags) -> str | None:
     """The frontend's fallback dispatch from its last-known table (scheduler unreachable).
-    Negative long-prompt settings mean the policy default, as the scheduler's flags do."""
-    kw = {}
-    if long_prompt_tokens >= 0:
-        kw["long_prompt_tokens"] = long_prompt_tokens
-    if long_prompt_min_freeness >= 0:
-        kw["long_prompt_min_freeness"] = long_prompt_min_freeness
-    cfg = PolicyConfig(dispatch_policy=base_policy(policy), report_staleness_s=float("inf"), **kw)
+    ``flags``: policy settings named and read as the scheduler's (e.g. long_prompt_tokens;
+    negative means the policy default)."""
+    cfg = PolicyConfig(dispatch_policy=base_policy(policy), report_staleness_s=float("inf"),
+                       **_overrides(flags))
     if getattr(holder, "rr_state", None) is None:
         holder.rr_state = RoundRobinState()
     try:

@@ -157,11 +157,12 @@ def _dispatch_freeness_key(headroom_blocks: int, num_prompt_tokens: int):
 
 def _long_prompt_key(headroom_blocks: int, num_prompt_tokens: int, min_freeness: float):
     """The long-prompt key of the module docstring: (qualifies, −requests that would wait, F_d)."""
+    freeness_key = _dispatch_freeness_key(headroom_blocks, num_prompt_tokens)
+
     def key(info: InstanceInfo) -> tuple[int, int, float]:
-        load = info.load
-        s = summarize(load)
-        f = _f_d(s, headroom_blocks, blocks_for_tokens(num_prompt_tokens, load.block_size))
+        (f,) = freeness_key(info)
         if f >= min_freeness:
+            s = summarize(info.load)  # memoized: the same summary freeness_key used
             return (1, -(s.num_running + s.num_waiting), f)
         return (0, 0, f)
 
