@@ -184,3 +184,95 @@ def test_content_length_response_ends_when_its_body_is_in():
 
     res, ended = asyncio.run(main())
     assert res.error is None and ended
+
+
+def test_a_kernel_receive_stamp_is_the_first_tokens_time_and_the_read_is_kept_apart():
+    """``_arrival`` turns SO_TIMESTAMPNS (CLOCK_REALTIME) into the perf_counter clock at the
+    read; ``ttft`` is that arrival, ``ttft_user`` when the client got to the bytes."""
+    real_time, real_perf = wire.time.time, wire.time.perf_counter
+    wire.time.time, wire.time.perf_counter = (lambda: 1000.0030), (lambda: 50.0030)
+    try:
+        stamp = [(wire.socket.SOL_SOCKET, wire.SO_TIMESTAMPNS,
+                  wire.struct.pack("qq", 1000, 1_000_000))]  # 1000.001 s: 2 ms before the read
+        arrived = wire._arrival(stamp)
+        assert wire._arrival([]) is None
+        assert wire._arrival([(wire.socket.SOL_SOCKET, 99, b"\0" * 16)]) is None
+    finally:
+        wire.time.time, wire.time.perf_counter = real_time, real_perf
+    assert abs(arrived - 50.001) < 1e-9
+    body = chunked(sse(text_chunk("Hi")), sse(b"[DONE]"))
+    res, _ = feed([HEAD + body], [100.0050])  # read at 100.005 s...
+
+    async def stamped():
+        conn = wire._Conn()
+        conn.connection_made(FakeTransport())
+        r = wire.WireResult(0)
+        conn.request(b"POST / HTTP/1.1\r\n\r\n", r)
+        r.start = 100.0
+        real = wire.time.perf_counter
+        wire.time.perf_counter = lambda: 100.0050
+        try:
+            conn.data_received(HEAD + body, arrived=100.0020)  # ...received at 100.002 s
+        finally:
+            wire.time.perf_counter = real
+        return r
+
+    r = asyncio.run(stamped())
+    assert (res.kernel_stamped, round(res.ttft, 6), round(res.ttft_user, 6)) == (False, 0.005, 0.005)
+    assert (r.kernel_stamped, round(r.ttft, 6), round(r.ttft_user, 6), round(r.e2e, 6)) == \
+        (True, 0.002, 0.005, 0.002)
+
+
+def _serve(handler, client):
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v1/completions", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            return await client(f"http://127.0.0.1:{port}/v1")
+        finally:
+            await runner.cleanup()
+    return asyncio.run(main())
+
+
+class _Item:
+    def __init__(self, arrival_s):
+        self.arrival_s = arrival_s
+
+
+def test_real_socket_reads_carry_kernel_stamps_no_later_than_the_read():
+    async def handler(request):
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await asyncio.sleep(0.03)
+        await resp.write(sse(text_chunk("x")))
+        await resp.write(sse(b"[DONE]"))
+        await resp.write_eof()
+        return resp
+
+    res = _serve(handler, lambda url: wire.run_wire(
+        url, [_Item(i * 0.04) for i in range(6)], lambda i, it: {}, warm=1, timeout=10))
+    assert [r.error for r in res] == [None] * 6
+    assert all(0.03 <= r.ttft <= r.ttft_user <= r.e2e + 1 for r in res)
+    if sys.platform == "linux":  # stamping starts lazily: at least the later reads carry one
+        assert any(r.kernel_stamped for r in res)
+
+
+def test_a_server_that_drops_the_connection_mid_response_ends_the_request_with_an_error():
+    async def handler(request):
+        await request.read()
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(sse(text_chunk("")))
+        request.transport.close()
+        await asyncio.sleep(0.05)
+        return resp
+
+    res = _serve(handler, lambda url: wire.run_wire(url, [_Item(0.0)], lambda i, it: {},
+                                                    warm=1, timeout=5))
+    assert res[0].ttft is None and res[0].error.startswith("ConnectionError: connection lost")
