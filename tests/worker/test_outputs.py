@@ -87,3 +87,25 @@ def test_batches_go_only_to_each_requests_frontend(pull, tmp_path):
         assert [(d.request_id, d.start_index) for d in msg.items] == [("b", 0)]
     finally:
         other.close(linger=0)
+
+
+def test_every_frontends_first_tokens_go_before_any_frontends_other_tokens(pull):
+    """With two frontends, the order of sends within a step: both first-token batches, then
+    both main batches (a new request on one frontend does not wait behind the other
+    frontend's ~batch-size tokens)."""
+    ctx, _sock, _addr = pull
+    sent = []
+    out = OutputSender(ctx, "w-0")
+    out._send_batch = lambda address, items: sent.append(
+        (address, [(d.request_id, d.start_index) for d in items]))
+    try:
+        route = {"a": "ipc://f1", "b": "ipc://f2", "c": "ipc://f1", "d": "ipc://f2",
+                 "e": "ipc://f1"}
+        step = [TokenDelta("a", 4, (1,)), TokenDelta("b", 6, (2,)), TokenDelta("c", 0, (3,)),
+                TokenDelta("d", 0, (4,)), TokenDelta("e", 0, (), FinishReason.ERROR, 0, "x", 7),
+                TokenDelta("z", 0, (5,))]  # z: no frontend known (aborted): not sent
+        assert out.send(step, route.get) == 2
+    finally:
+        out.close()
+    assert sent == [("ipc://f1", [("c", 0)]), ("ipc://f2", [("d", 0)]),
+                    ("ipc://f1", [("a", 4), ("e", 0)]), ("ipc://f2", [("b", 6)])]

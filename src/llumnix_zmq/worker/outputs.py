@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 
 import zmq
 import zmq.asyncio
@@ -86,24 +85,24 @@ class OutputSender:
         return True
 
     def send(self, deltas: list[TokenDelta], frontend_of) -> int:
-        """Group ``deltas`` by frontend (``frontend_of(request_id)``) and send one batch each."""
+        """Group ``deltas`` by frontend (``frontend_of(request_id)``) and send one batch each;
+        a step's first tokens (requests just prefilled) go ahead, in their own batch per
+        frontend, before any frontend's batch of the other requests' next tokens."""
         if not deltas:
             return 0
         self.step += 1
-        groups: dict[str, list[TokenDelta]] = defaultdict(list)
+        first: dict[str, list[TokenDelta]] = {}
+        rest: dict[str, list[TokenDelta]] = {}
         for d in deltas:
             address = frontend_of(d.request_id)
             if address:
-                groups[address].append(d)
-        for address, items in groups.items():
-            first, rest = [], []
-            for d in items:
-                (first if d.start_index == 0 and d.token_ids else rest).append(d)
-            if first and rest:  # first tokens ahead, in their own batch
-                self._send_batch(address, first)
-                items = rest
+                group = first if d.start_index == 0 and d.token_ids else rest
+                group.setdefault(address, []).append(d)
+        for address, items in first.items():
             self._send_batch(address, items)
-        return len(groups)
+        for address, items in rest.items():
+            self._send_batch(address, items)
+        return len(first.keys() | rest.keys())
 
     def _send_batch(self, address: str, items: list[TokenDelta]) -> None:
         frames = encode(TokenBatch(self.instance_id, self.step, tuple(items)))
