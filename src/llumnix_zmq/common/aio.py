@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Awaitable, Callable
@@ -17,7 +18,12 @@ def setup_logging(level: str, role: str) -> None:
 
 def run_service(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run ``main(stop_event)`` on uvloop; SIGINT/SIGTERM only set the event (the service
-    releases its resources itself, in one place)."""
+    releases its resources itself, in one place).
+
+    What was allocated before serving (modules, configuration: most of a service's heap) is
+    frozen out of the garbage collector (``gc.freeze``), so the full collections that the
+    serving path's allocations trigger from time to time scan only what serving made: shorter
+    pauses in the request path."""
     try:
         import uvloop
 
@@ -30,6 +36,8 @@ def run_service(main: Callable[[asyncio.Event], Awaitable[None]]) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        gc.collect()
+        gc.freeze()
         await main(stop)
 
     asyncio.run(runner())
