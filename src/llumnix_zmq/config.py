@@ -86,6 +86,7 @@ class WorkerConfig:
     curve_dir: str = ""
     curve_name: str = ""  # key name in curve_dir; default: the instance id, else "worker"
     seed: int = 0
+    trace_requests: str = ""  # file for per-request stage times (common/reqtrace.py); "": off
 
 
 @dataclass
@@ -120,6 +121,7 @@ class FrontendConfig:
     log_level: str = "INFO"
     curve_dir: str = ""
     curve_name: str = ""  # key name in curve_dir; default "frontend"
+    trace_requests: str = ""  # file for per-request stage times (common/reqtrace.py); "": off
 
 
 SECTIONS = {"scheduler": SchedulerConfig, "worker": WorkerConfig, "frontend": FrontendConfig}

@@ -9,6 +9,7 @@ import zmq.asyncio
 from aiohttp import web
 
 from ..common.aio import supervise
+from ..common.reqtrace import RequestTracer
 from ..config import FrontendConfig
 from ..security.curve import security_from
 from ..tokenizer import load_tokenizer
@@ -27,7 +28,8 @@ async def serve(cfg: FrontendConfig, stop: asyncio.Event) -> None:
         security.start(ctx)
     metrics = FrontendMetrics()
     cluster = Cluster(cfg, ctx, metrics, security)
-    server = FrontendServer(cfg, cluster, tokenizer, metrics)
+    tracer = RequestTracer(cfg.trace_requests)
+    server = FrontendServer(cfg, cluster, tokenizer, metrics, tracer)
     runner = web.AppRunner(server.app(), handler_cancellation=True, access_log=None)
     await runner.setup()
     try:
@@ -42,6 +44,7 @@ async def serve(cfg: FrontendConfig, stop: asyncio.Event) -> None:
     finally:
         await runner.cleanup()
         await cluster.close()
+        tracer.close()
         if security is not None:
             security.stop()
         ctx.term()

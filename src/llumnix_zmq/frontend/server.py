@@ -17,6 +17,7 @@ import uuid
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from ..common.reqtrace import RequestTracer
 from ..protocol.messages import GenerateRequest, InstanceInfo
 from .api import ApiError, ParsedRequest, parse_request
 from .cluster import Cluster, NoInstance
@@ -28,12 +29,13 @@ MAX_MIGRATE_REQUESTS = (1 << 31) - 1  # num_requests travels as a msgpack int
 
 
 class FrontendServer:
-    def __init__(self, cfg, cluster: Cluster, tokenizer, metrics):
+    def __init__(self, cfg, cluster: Cluster, tokenizer, metrics, tracer=None):
         self.cfg = cfg
         self.cluster = cluster
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.model_name = cfg.served_model_name or cfg.model
+        self.tracer = tracer or RequestTracer()
         self.per_client: dict[str, int] = {}
         self.in_flight = 0
 
@@ -137,13 +139,14 @@ class FrontendServer:
                            "retry later", type_="rate_limit_error", code="saturated")
 
     async def generate(self, request: web.Request, chat: bool):
+        accepted = time.perf_counter()
         self.check_api_key(request)
         client = request.remote or "?"
         self.admit(client)
         self.in_flight += 1
         self.per_client[client] = self.per_client.get(client, 0) + 1
         try:
-            return await self._generate(request, chat)
+            return await self._generate(request, chat, accepted)
         finally:
             self.in_flight -= 1
             left = self.per_client[client] - 1
@@ -152,7 +155,7 @@ class FrontendServer:
             else:
                 del self.per_client[client]
 
-    async def _generate(self, request: web.Request, chat: bool):
+    async def _generate(self, request: web.Request, chat: bool, accepted: float):
         req = parse_request(await self.read_json(request), chat, self.model_name,
                             self.cfg.max_tokens_limit)
         prompt = self.tokenize(req)
@@ -175,6 +178,9 @@ class FrontendServer:
         except NoInstance as exc:
             raise ApiError(503, f"no instance available: {exc}", type_="service_unavailable",
                            code="no_instance") from None
+        if self.tracer.enabled:
+            self.tracer.mark("accepted", rid, accepted)
+            self.tracer.mark("submitted", rid)
         self.metrics.in_flight.inc()
         deadline = asyncio.get_running_loop().call_later(
             self.cfg.request_timeout_s, stream.finish, StreamEnd("error", "request timed out", 504))
@@ -206,6 +212,7 @@ class FrontendServer:
     def observe(self, stream: RequestStream, t0: float) -> None:
         if stream.first_token_at is not None:
             self.metrics.ttft.observe(stream.first_token_at - t0)
+            self.tracer.mark("first_token", stream.request_id, stream.first_token_at)
         for gap in stream.token_gaps:
             self.metrics.itl.observe(gap)
         self.metrics.e2e.observe(time.monotonic() - t0)
@@ -243,6 +250,7 @@ class FrontendServer:
         base = {"id": stream.request_id, "object": obj, "created": int(stream.created),
                 "model": self.model_name}
         prompt_sent = False
+        wrote = False  # a chunk with text
 
         def chunk(text: str | None, finish: str | None, usage=None) -> bytes:
             nonlocal prompt_sent
@@ -274,6 +282,9 @@ class FrontendServer:
                 break
             if text:
                 await resp.write(chunk(text, None))
+                if not wrote:
+                    wrote = True
+                    self.tracer.mark("first_write", stream.request_id)
         self.observe(stream, t0)
         end = stream.end
         if end.reason == "error":

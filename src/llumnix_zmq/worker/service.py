@@ -25,6 +25,7 @@ import zmq.asyncio
 
 from ..clock import Clock, SystemClock
 from ..common.aio import cancel_all, supervise
+from ..common.reqtrace import RequestTracer
 from ..config import WorkerConfig
 from ..engine.base import Engine, EngineError, EngineRequest
 from ..protocol.messages import (
@@ -90,6 +91,7 @@ class WorkerService:
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="engine") \
             if engine.kind != "sim" else None
         self.migration: MigrationCoordinator | None = MigrationCoordinator.for_service(self)
+        self.tracer = RequestTracer(cfg.trace_requests)
         self._stop: asyncio.Event | None = None
 
     def handlers(self):
@@ -110,6 +112,7 @@ class WorkerService:
 
     # --- frontend-facing handlers -------------------------------------------------------
     async def on_generate(self, identity: bytes, msg: GenerateRequest, raw):
+        self.tracer.mark("received", msg.request_id)
         if msg.frontend_address and not self.outputs.usable(msg.frontend_address):
             return ErrorReply(ErrorCode.BAD_REQUEST, f"frontend address "
                               f"{msg.frontend_address[:64]!r} is not a usable endpoint",
@@ -131,6 +134,7 @@ class WorkerService:
                 self.fail(msg.request_id, msg.frontend_address, ErrorCode.BAD_REQUEST, str(exc))
                 return None
             self.frontend_of[msg.request_id] = msg.frontend_address
+            self.tracer.mark("added", msg.request_id)
             if self.migration is not None:
                 self.migration.on_request_added(msg)
         self.work.set()
@@ -315,6 +319,10 @@ class WorkerService:
                 await asyncio.sleep(pacer.end(result.duration_s))
             else:
                 await asyncio.sleep(0)
+            if self.tracer.enabled:
+                for d in result.deltas:
+                    if d.start_index == 0 and d.token_ids:
+                        self.tracer.mark("first_emit", d.request_id)
             self.emit(result.deltas, routes)
 
     def emit(self, deltas: list[TokenDelta], routes: dict | None = None) -> None:
@@ -361,4 +369,5 @@ class WorkerService:
         if self.executor is not None:
             self.executor.shutdown(wait=True)
         self.engine.close()
+        self.tracer.close()
         log.info("worker %s stopped", self.instance_id)
