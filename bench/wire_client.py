@@ -38,6 +38,7 @@ class WireResult:
     ttft: float | None = None  # the first text chunk's bytes reached the socket (kernel stamp)
     ttft_user: float | None = None  # ... and this process read them
     kernel_stamped: bool = False  # ttft is the kernel's stamp (else ttft == ttft_user)
+    response_id: str = ""  # the "id" of the first text chunk (the server's request id)
     e2e: float | None = None
     chunks: int = 0
     error: str | None = None
@@ -172,6 +173,7 @@ class _Conn(asyncio.Protocol):
                         res.ttft = now[0] - res.start
                         res.ttft_user = now[1] - res.start
                         res.kernel_stamped = now[0] != now[1]
+                        res.response_id = str(chunk.get("id", ""))
                         res.chunks += 1
                 elif b'"text":""' not in data:
                     res.chunks += 1

@@ -250,7 +250,7 @@ def test_real_socket_reads_carry_kernel_stamps_no_later_than_the_read():
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await resp.prepare(request)
         await asyncio.sleep(0.03)
-        await resp.write(sse(text_chunk("x")))
+        await resp.write(sse({"id": "cmpl-7", **text_chunk("x")}))
         await resp.write(sse(b"[DONE]"))
         await resp.write_eof()
         return resp
@@ -259,6 +259,7 @@ def test_real_socket_reads_carry_kernel_stamps_no_later_than_the_read():
         url, [_Item(i * 0.04) for i in range(6)], lambda i, it: {}, warm=1, timeout=10))
     assert [r.error for r in res] == [None] * 6
     assert all(0.03 <= r.ttft <= r.ttft_user <= r.e2e + 1 for r in res)
+    assert [r.response_id for r in res] == ["cmpl-7"] * 6
     if sys.platform == "linux":  # stamping starts lazily: at least the later reads carry one
         assert any(r.kernel_stamped for r in res)
 
