@@ -13,9 +13,17 @@ about +-2 ms by chance alone (the same arrivals shifted by 3 ms move the in-proc
 1 ms). So each side runs ``--seeds`` arrival schedules (the same ones for both) and the
 headline is the difference of the pooled percentiles; the per-seed differences are kept too.
 
+Paired, per request. The difference of two ~50 ms wide distributions is noisy; the mesh also
+records each request's stages (``--trace-requests``, common/reqtrace.py, one monotonic clock
+for all processes), so each wire-client request's added time is measured directly: its TTFT
+minus the time it spent in the engine (worker received → the step that made its first token
+ended), i.e. client → worker plus worker → client. ``paired`` holds its percentiles and a
+per-stage breakdown (medians).
+
 Where the client takes a token's time. The in-process side takes it when the engine step ends.
 The mesh side is measured twice per seed, on the same cluster: with ``wire_client.py``, which
-takes the time as the bytes reach its socket (the headline: what the mesh adds), and with the
+takes the time the kernel received the bytes on its socket (the headline: what the mesh adds;
+the time its own event loop got to them is kept as ``wire_user``), and with the
 aiohttp load generator of serving.py, which takes it after its own event loop has parsed the
 chunk (with 64 streams a new request's first chunk waits behind ~63 others of the same step;
 kept as ``aiohttp_client`` so the two can be compared).
@@ -28,8 +36,10 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +52,7 @@ from serving import BenchConfig, make_prompt, run_benchmark  # noqa: E402
 from wire_client import run_wire  # noqa: E402
 
 from llumnix_zmq.clock import SystemClock  # noqa: E402
+from llumnix_zmq.common.reqtrace import read_traces  # noqa: E402
 from llumnix_zmq.engine.base import EngineRequest  # noqa: E402
 from llumnix_zmq.engine.sim import SimConfig, SimEngine  # noqa: E402
 from llumnix_zmq.launch.local import ClusterSpec, LocalCluster  # noqa: E402
@@ -171,8 +182,12 @@ def through_mesh(items, profile, time_scale, concurrency, instances, log_dir,
                  wire: bool = False) -> dict:
     """``concurrency`` None: open loop on the items' arrival times. ``wire``: first a run with
     wire_client.py (its per-request TTFTs under ``wire``), then the aiohttp one."""
+    trace_dir = tempfile.mkdtemp(prefix="llumnix-trace-")
+    traces = [f"{trace_dir}/frontend", f"{trace_dir}/worker"]
     spec = ClusterSpec(instances=instances, port=free_port(), profile=profile,
-                       time_scale=time_scale, log_level="WARNING", log_dir=log_dir)
+                       time_scale=time_scale, log_level="WARNING", log_dir=log_dir,
+                       frontend_args=["--trace-requests", traces[0]] if wire else [],
+                       worker_args=["--trace-requests", traces[1]] if wire else [])
     with LocalCluster(spec) as cluster:
         if not cluster.wait_ready(60):
             raise SystemExit("cluster did not start")
@@ -187,9 +202,45 @@ def through_mesh(items, profile, time_scale, concurrency, instances, log_dir,
         res["frontend_cpu_fraction"] = (_cpu_seconds(frontend) - cpu0) / (time.monotonic() - t0)
         res["frontend_ttft_ms_mean"] = _frontend_ttft_mean(cluster.base_url)
         res["dispatch_tickets"] = _tickets(cluster.base_url)
-        if wire_res is not None:
-            res["wire"] = wire_res
-        return res
+    if wire_res is not None:  # the cluster has stopped: its trace files are complete
+        wire_res["paired"] = paired(wire_res.pop("results"), read_traces(
+            [p for p in traces if os.path.exists(p)]))
+        res["wire"] = wire_res
+    shutil.rmtree(trace_dir, ignore_errors=True)
+    return res
+
+
+# what the mesh adds to one request, and its parts: (name, from, to); "start" and "arrival" are
+# the wire client's (request sent; first token's bytes in its socket, kernel stamp)
+PAIRED_STAGES = (("client -> frontend handler", "start", "accepted"),
+                 ("frontend: parse, dispatch, send", "accepted", "submitted"),
+                 ("ZeroMQ -> worker, decode", "submitted", "received"),
+                 ("in the engine (not added)", "received", "first_emit"),
+                 ("worker emit -> frontend applied", "first_emit", "first_token"),
+                 ("frontend: SSE chunk written", "first_token", "first_write"),
+                 ("-> client socket (kernel stamp)", "first_write", "arrival"))
+
+
+def paired(results, traces: dict) -> dict:
+    """Per wire-client request: TTFT minus its time in the engine, from the stage traces."""
+    added, stages = [], {name: [] for name, _, _ in PAIRED_STAGES}
+    for r in results:
+        ev = traces.get(r.response_id)
+        if r.ttft is None or not ev or "received" not in ev or "first_emit" not in ev:
+            continue
+        ev = {**ev, "start": r.start, "arrival": r.start + r.ttft}
+        added.append((r.ttft - (ev["first_emit"] - ev["received"])) * 1e3)
+        for name, a, b in PAIRED_STAGES:
+            if a in ev and b in ev:
+                stages[name].append((ev[b] - ev[a]) * 1e3)
+    return {"added_ttft_ms": added, "stages_ms": stages}
+
+
+def paired_summary(added: list[float], stages: dict) -> dict:
+    return {"n": len(added), "added_ttft_ms_p50": pct(added, 50),
+            "added_ttft_ms_p99": pct(added, 99),
+            "added_ttft_ms_mean": float(np.mean(added)) if added else float("nan"),
+            "stages_ms_p50": {k: pct(v, 50) for k, v in stages.items()}}
 
 
 async def _wire_run(base_url: str, items) -> dict:
@@ -204,7 +255,9 @@ async def _wire_run(base_url: str, items) -> dict:
 
     res = await run_wire(base_url + "/v1", items, body)
     ok = [r for r in res if r.error is None and r.ttft is not None]
-    return {"ttfts_ms": [r.ttft * 1e3 for r in ok], "completed": len(ok),
+    return {"results": ok, "ttfts_ms": [r.ttft * 1e3 for r in ok],
+            "ttfts_user_ms": [r.ttft_user * 1e3 for r in ok],
+            "kernel_stamped": sum(r.kernel_stamped for r in ok), "completed": len(ok),
             "errors": len(res) - len(ok),
             "first_errors": [r.error for r in res if r.error][:3]}
 
@@ -267,7 +320,8 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     log_dir = str(ROOT / "bench/results/.logs")
     seeds = list(range(1, a.seeds + 1))
-    base_ttft, mesh_ttft, http_ttft, per_seed = [], [], [], []
+    base_ttft, mesh_ttft, user_ttft, http_ttft, per_seed = [], [], [], [], []
+    pair_added, pair_stages = [], {name: [] for name, _, _ in PAIRED_STAGES}
     for seed in seeds:
         items = build_workload(f"fixed:{a.prompt}-{a.output}", a.requests, rate=a.rate,
                                arrival="poisson", seed=seed)
@@ -278,9 +332,16 @@ def main(argv=None) -> int:
         b_t = base.pop("ttfts_ms")
         wire = mesh.pop("wire")
         m_t = wire.pop("ttfts_ms")
+        u_t = wire.pop("ttfts_user_ms")
+        pair = wire.pop("paired")
+        pair_added += pair["added_ttft_ms"]
+        for k, v in pair["stages_ms"].items():
+            pair_stages[k] += v
+        wire["paired"] = paired_summary(pair["added_ttft_ms"], pair["stages_ms"])
         h_t = [r["ttft"] * 1e3 for r in mesh.pop("per_request") if r.get("ttft") is not None]
         base_ttft += b_t
         mesh_ttft += m_t
+        user_ttft += u_t
         http_ttft += h_t
         row = {"seed": seed, "inprocess": base, "wire": wire,
                "mesh": {k: mesh[k] for k in ("ttft_ms", "e2e_ms", "itl_ms", "completed",
@@ -289,6 +350,7 @@ def main(argv=None) -> int:
                "added_ttft_ms_p50": pct(m_t, 50) - pct(b_t, 50),
                "added_ttft_ms_p99": pct(m_t, 99) - pct(b_t, 99),
                "added_ttft_ms_mean": float(np.mean(m_t) - np.mean(b_t)),
+               "wire_user_added_ttft_ms_p50": pct(u_t, 50) - pct(b_t, 50),
                "aiohttp_client_added_ttft_ms_p50": pct(h_t, 50) - pct(b_t, 50),
                "aiohttp_client_added_ttft_ms_p99": pct(h_t, 99) - pct(b_t, 99),
                "added_ttft_ms_mean_at_frontend": mesh["frontend_ttft_ms_mean"]
@@ -297,7 +359,9 @@ def main(argv=None) -> int:
         per_seed.append(row)
         print(f"seed {seed}: added TTFT p50 {row['added_ttft_ms_p50']:.2f} ms, p99 "
               f"{row['added_ttft_ms_p99']:.2f} ms, mean {row['added_ttft_ms_mean']:.2f} ms "
-              f"(aiohttp client: p50 {row['aiohttp_client_added_ttft_ms_p50']:.2f}, p99 "
+              f"(paired: p50 {wire['paired']['added_ttft_ms_p50']:.2f}, p99 "
+              f"{wire['paired']['added_ttft_ms_p99']:.2f}, n {wire['paired']['n']}; "
+              f"read by the client: p50 {row['wire_user_added_ttft_ms_p50']:.2f}; aiohttp client: p50 {row['aiohttp_client_added_ttft_ms_p50']:.2f}, p99 "
               f"{row['aiohttp_client_added_ttft_ms_p99']:.2f}; wire errors {wire['errors']}; "
               f"tickets {mesh['dispatch_tickets']})", flush=True)
     tp_items = [WorkItem(0.0, 16, a.throughput_output) for _ in range(a.concurrency * 2)]
@@ -310,7 +374,8 @@ def main(argv=None) -> int:
         "config": vars(a),
         "method": "difference of pooled TTFT percentiles over the seeds (same arrival "
                   "schedules on both sides); mesh TTFT taken as the first token's bytes reach "
-                  "the client's socket (wire_client.py); per_seed holds each run",
+                  "the client's socket (the kernel's receive stamp, SO_TIMESTAMPNS, in "
+                  "wire_client.py); per_seed holds each run",
         "inprocess_ttft_ms": {"p50": pct(base_ttft, 50), "p99": pct(base_ttft, 99),
                               "mean": float(np.mean(base_ttft)), "n": len(base_ttft)},
         "mesh_ttft_ms": {"p50": pct(mesh_ttft, 50), "p99": pct(mesh_ttft, 99),
@@ -318,6 +383,18 @@ def main(argv=None) -> int:
         "added_ttft_ms_p50": added_p50,
         "added_ttft_ms_p99": added_p99,
         "added_ttft_ms_mean": float(np.mean(mesh_ttft) - np.mean(base_ttft)),
+        "paired": {
+            "what": "per wire-client request, TTFT minus its time in the engine (worker "
+                    "received -> the step that made its first token ended), from the mesh's "
+                    "--trace-requests stage times (one monotonic clock); pooled over the seeds",
+            **paired_summary(pair_added, pair_stages)},
+        "wire_user": {
+            "what": "the same wire_client runs, time taken when the client's event loop read "
+                    "the bytes (not the kernel's receive stamp)",
+            "mesh_ttft_ms": {"p50": pct(user_ttft, 50), "p99": pct(user_ttft, 99),
+                             "mean": float(np.mean(user_ttft)), "n": len(user_ttft)},
+            "added_ttft_ms_p50": pct(user_ttft, 50) - pct(base_ttft, 50),
+            "added_ttft_ms_p99": pct(user_ttft, 99) - pct(base_ttft, 99)},
         "aiohttp_client": {
             "what": "the same mesh runs measured by serving.py's aiohttp load generator (time "
                     "taken after its event loop parsed the chunk)",
@@ -341,6 +418,15 @@ def main(argv=None) -> int:
     for q in ("p50", "p99", "mean"):
         b, m = out["inprocess_ttft_ms"][q], out["mesh_ttft_ms"][q]
         print(f"{q:16} {b:12.2f} {m:12.2f} {m - b:10.2f}")
+    u = out["wire_user"]
+    print(f"{'  read by client':16} {'':12} {u['mesh_ttft_ms']['p50']:12.2f} "
+          f"{u['added_ttft_ms_p50']:10.2f}   (p50; p99 added {u['added_ttft_ms_p99']:.2f})")
+    pr = out["paired"]
+    print(f"paired, per request (TTFT - time in the engine; n {pr['n']}): added p50 "
+          f"{pr['added_ttft_ms_p50']:.2f} ms, p99 {pr['added_ttft_ms_p99']:.2f} ms, mean "
+          f"{pr['added_ttft_ms_mean']:.2f} ms")
+    for name, v in pr["stages_ms_p50"].items():
+        print(f"    {name:34} p50 {v:7.3f} ms")
     h = out["aiohttp_client"]
     print(f"{'  aiohttp client':16} {'':12} {h['mesh_ttft_ms']['p50']:12.2f} "
           f"{h['added_ttft_ms_p50']:10.2f}   (p50; p99 added {h['added_ttft_ms_p99']:.2f})")
