@@ -108,6 +108,7 @@ class FrontendConfig:
     long_prompt_min_freeness: float = -1.0
     dispatch_timeout_s: float = 0.5
     dispatch_ticket_ttl_s: float = 0.05  # 0: ask the scheduler per request (frontend/tickets.py)
+    dispatch_ticket_refill_delay_s: float = 0.002  # the next ticket's fetch, after a take
     instance_refresh_s: float = 0.2
     request_timeout_s: float = 600.0
     expect_instances: int = 1  # /health is 200 once this many instances are live

@@ -131,3 +131,33 @@ async def test_kept_warm_while_requests_come_and_let_lapse_when_idle():
 def test_ttl_must_be_positive():
     with pytest.raises(ValueError):
         TicketBook(FakeScheduler().fetch, FakeClock(), ttl_s=0)
+
+
+async def test_the_next_ticket_is_fetched_a_delay_after_a_take_and_a_take_inside_it_asks_directly():
+    clock, sched = FakeClock(100.0), FakeScheduler()
+    book = TicketBook(sched.fetch, clock, ttl_s=1.0, refill_delay_s=0.02)
+    book.ticket = Ticket("w0", "tcp://h:0", 100.0, 7)
+    assert book.take(live, 64) == Ticket("w0", "tcp://h:0", 100.0, 7)
+    await settle()
+    assert sched.hints == []  # not yet: the request that took it goes first
+    assert book.take(live, 32) is None  # inside the delay: nothing held, ask the scheduler
+    await asyncio.sleep(0.05)
+    assert sched.hints == [32]  # one fetch, with the latest hint
+    assert book.ticket == Ticket("w1", "tcp://h:1", 100.0, 101)
+    assert (book.hits, book.misses) == (1, 1)
+    await book.close()
+
+
+async def test_closing_during_the_refill_delay_fetches_nothing():
+    sched = FakeScheduler()
+    book = TicketBook(sched.fetch, FakeClock(100.0), ttl_s=1.0, refill_delay_s=0.05)
+    assert book.take(live, 64) is None
+    await settle()
+    await book.close()
+    await asyncio.sleep(0.08)
+    assert (sched.hints, book.ticket, book._inflight) == ([], None, None)
+
+
+def test_refill_delay_must_not_be_negative():
+    with pytest.raises(ValueError):
+        TicketBook(FakeScheduler().fetch, FakeClock(), ttl_s=1.0, refill_delay_s=-0.001)

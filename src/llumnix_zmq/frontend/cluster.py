@@ -74,7 +74,8 @@ class Cluster:
         self.rr_state = None
         self._tasks: list[asyncio.Task] = []
         self._restart_seen = 0.0
-        self.tickets = (TicketBook(self._fetch_ticket, SystemClock(), cfg.dispatch_ticket_ttl_s)
+        self.tickets = (TicketBook(self._fetch_ticket, SystemClock(), cfg.dispatch_ticket_ttl_s,
+                                   refill_delay_s=cfg.dispatch_ticket_refill_delay_s)
                         if cfg.dispatch_ticket_ttl_s > 0 else None)
 
     # --- lifecycle -------------------------------------------------------------------------
