@@ -319,11 +319,12 @@ class WorkerService:
                 await asyncio.sleep(pacer.end(result.duration_s))
             else:
                 await asyncio.sleep(0)
-            if self.tracer.enabled:
+            emitted_at = time.perf_counter()
+            self.emit(result.deltas, routes)
+            if self.tracer.enabled:  # marked after the send: tracing does not delay it
                 for d in result.deltas:
                     if d.start_index == 0 and d.token_ids:
-                        self.tracer.mark("first_emit", d.request_id)
-            self.emit(result.deltas, routes)
+                        self.tracer.mark("first_emit", d.request_id, emitted_at)
 
     def emit(self, deltas: list[TokenDelta], routes: dict | None = None) -> None:
         self.outputs.send(deltas, (self.frontend_of if routes is None else routes).get)
