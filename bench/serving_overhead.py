@@ -65,6 +65,19 @@ def pct(values, q) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def dist(values) -> dict:
+    return {"p50": pct(values, 50), "p99": pct(values, 99),
+            "mean": float(np.mean(values)) if values else float("nan"), "n": len(values)}
+
+
+def client_view(what: str, ttfts: list[float], base: list[float]) -> dict:
+    """The same mesh runs seen through another client's timestamps, against the in-process
+    TTFTs ``base``."""
+    return {"what": what, "mesh_ttft_ms": dist(ttfts),
+            "added_ttft_ms_p50": pct(ttfts, 50) - pct(base, 50),
+            "added_ttft_ms_p99": pct(ttfts, 99) - pct(base, 99)}
+
+
 async def inprocess(items: list[WorkItem], profile: str, time_scale: float) -> dict:
     """The same engine, the same real-time stepping as the worker, the same arrival schedule,
     clients in-process (no HTTP, no ZeroMQ, no tokenizer)."""
@@ -376,10 +389,8 @@ def main(argv=None) -> int:
                   "schedules on both sides); mesh TTFT taken as the first token's bytes reach "
                   "the client's socket (the kernel's receive stamp, SO_TIMESTAMPNS, in "
                   "wire_client.py); per_seed holds each run",
-        "inprocess_ttft_ms": {"p50": pct(base_ttft, 50), "p99": pct(base_ttft, 99),
-                              "mean": float(np.mean(base_ttft)), "n": len(base_ttft)},
-        "mesh_ttft_ms": {"p50": pct(mesh_ttft, 50), "p99": pct(mesh_ttft, 99),
-                         "mean": float(np.mean(mesh_ttft)), "n": len(mesh_ttft)},
+        "inprocess_ttft_ms": dist(base_ttft),
+        "mesh_ttft_ms": dist(mesh_ttft),
         "added_ttft_ms_p50": added_p50,
         "added_ttft_ms_p99": added_p99,
         "added_ttft_ms_mean": float(np.mean(mesh_ttft) - np.mean(base_ttft)),
@@ -388,20 +399,12 @@ def main(argv=None) -> int:
                     "received -> the step that made its first token ended), from the mesh's "
                     "--trace-requests stage times (one monotonic clock); pooled over the seeds",
             **paired_summary(pair_added, pair_stages)},
-        "wire_user": {
-            "what": "the same wire_client runs, time taken when the client's event loop read "
-                    "the bytes (not the kernel's receive stamp)",
-            "mesh_ttft_ms": {"p50": pct(user_ttft, 50), "p99": pct(user_ttft, 99),
-                             "mean": float(np.mean(user_ttft)), "n": len(user_ttft)},
-            "added_ttft_ms_p50": pct(user_ttft, 50) - pct(base_ttft, 50),
-            "added_ttft_ms_p99": pct(user_ttft, 99) - pct(base_ttft, 99)},
-        "aiohttp_client": {
-            "what": "the same mesh runs measured by serving.py's aiohttp load generator (time "
-                    "taken after its event loop parsed the chunk)",
-            "mesh_ttft_ms": {"p50": pct(http_ttft, 50), "p99": pct(http_ttft, 99),
-                             "mean": float(np.mean(http_ttft)), "n": len(http_ttft)},
-            "added_ttft_ms_p50": pct(http_ttft, 50) - pct(base_ttft, 50),
-            "added_ttft_ms_p99": pct(http_ttft, 99) - pct(base_ttft, 99)},
+        "wire_user": client_view(
+            "the same wire_client runs, time taken when the client's event loop read the "
+            "bytes (not the kernel's receive stamp)", user_ttft, base_ttft),
+        "aiohttp_client": client_view(
+            "the same mesh runs measured by serving.py's aiohttp load generator (time taken "
+            "after its event loop parsed the chunk)", http_ttft, base_ttft),
         "added_ttft_ms_mean_at_frontend": float(np.mean(
             [r["added_ttft_ms_mean_at_frontend"] for r in per_seed])),
         "per_seed": per_seed,

@@ -99,6 +99,22 @@ def test_non_200_and_stream_errors_end_the_request_with_a_clear_error():
     assert res.error.startswith("stream error") and res.ttft is None
 
 
+def _serve(handler, client):
+    async def main():
+        app = web.Application()
+        app.router.add_post("/v1/completions", handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            return await client(f"http://127.0.0.1:{port}/v1")
+        finally:
+            await runner.cleanup()
+    return asyncio.run(main())
+
+
 def test_run_wire_against_a_local_server_reuses_warm_connections():
     peers = set()
 
@@ -117,23 +133,9 @@ def test_run_wire_against_a_local_server_reuses_warm_connections():
         def __init__(self, arrival_s, n):
             self.arrival_s, self.output_tokens = arrival_s, n
 
-    async def main():
-        app = web.Application()
-        app.router.add_post("/v1/completions", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        try:
-            items = [Item(i * 0.05, 3 + i % 3) for i in range(6)]  # one at a time
-            return await wire.run_wire(f"http://127.0.0.1:{port}/v1", items,
-                                       lambda i, it: {"max_tokens": it.output_tokens}, warm=2,
-                                       timeout=10)
-        finally:
-            await runner.cleanup()
-
-    res = asyncio.run(main())
+    items = [Item(i * 0.05, 3 + i % 3) for i in range(6)]  # one at a time
+    res = _serve(handler, lambda url: wire.run_wire(
+        url, items, lambda i, it: {"max_tokens": it.output_tokens}, warm=2, timeout=10))
     assert [r.error for r in res] == [None] * 6
     assert [r.chunks for r in res] == [3, 4, 5, 3, 4, 5]
     assert all(0 < r.ttft <= r.e2e for r in res)
@@ -221,22 +223,6 @@ def test_a_kernel_receive_stamp_is_the_first_tokens_time_and_the_read_is_kept_ap
     assert (res.kernel_stamped, round(res.ttft, 6), round(res.ttft_user, 6)) == (False, 0.005, 0.005)
     assert (r.kernel_stamped, round(r.ttft, 6), round(r.ttft_user, 6), round(r.e2e, 6)) == \
         (True, 0.002, 0.005, 0.002)
-
-
-def _serve(handler, client):
-    async def main():
-        app = web.Application()
-        app.router.add_post("/v1/completions", handler)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        try:
-            return await client(f"http://127.0.0.1:{port}/v1")
-        finally:
-            await runner.cleanup()
-    return asyncio.run(main())
 
 
 class _Item:

@@ -319,7 +319,7 @@ class WorkerService:
                 await asyncio.sleep(pacer.end(result.duration_s))
             else:
                 await asyncio.sleep(0)
-            emitted_at = time.perf_counter()
+            emitted_at = time.perf_counter() if self.tracer.enabled else 0.0
             self.emit(result.deltas, routes)
             if self.tracer.enabled:  # marked after the send: tracing does not delay it
                 for d in result.deltas:
