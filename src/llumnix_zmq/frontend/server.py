@@ -243,9 +243,9 @@ class FrontendServer:
 
     async def stream_response(self, request: web.Request, req: ParsedRequest,
                               stream: RequestStream, t0: float):
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
-        await resp.prepare(request)
+        resp = SSEResponse(headers={"Content-Type": "text/event-stream",
+                                    "Cache-Control": "no-cache"})
+        await resp.prepare(request)  # headers are buffered: they leave with the first chunk
         obj = "chat.completion.chunk" if req.chat else "text_completion"
         base = {"id": stream.request_id, "object": obj, "created": int(stream.created),
                 "model": self.model_name}
@@ -270,10 +270,18 @@ class FrontendServer:
                 body["usage"] = usage
             return b"data: " + json.dumps(body).encode() + b"\n\n"
 
+        role = b""  # chat: the role chunk goes out with the first content (one write)
         if req.chat:
             first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
                                           "logprobs": None, "finish_reason": None}]}
-            await resp.write(b"data: " + json.dumps(first).encode() + b"\n\n")
+            role = b"data: " + json.dumps(first).encode() + b"\n\n"
+
+        async def send(data: bytes) -> None:
+            nonlocal role
+            if role:
+                data, role = role + data, b""
+            await resp.write(data)
+
         while True:
             if not stream.finished:
                 await self.wait(stream)
@@ -281,7 +289,7 @@ class FrontendServer:
             if stream.finished:
                 break
             if text:
-                await resp.write(chunk(text, None))
+                await send(chunk(text, None))
                 if not wrote:
                     wrote = True
                     self.tracer.mark("first_write", stream.request_id)
@@ -289,16 +297,16 @@ class FrontendServer:
         end = stream.end
         if end.reason == "error":
             if text:
-                await resp.write(chunk(text, None))
+                await send(chunk(text, None))
             err = ApiError(end.status, end.error, type_="server_error").body()
-            await resp.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+            await send(b"data: " + json.dumps(err).encode() + b"\n\n")
         else:
             finish = end.reason if end.reason in ("stop", "length") else "stop"
-            await resp.write(chunk(text, finish, stream.usage()))
+            await send(chunk(text, finish, stream.usage()))
             if req.include_usage:
                 usage_chunk = {**base, "choices": [], "usage": stream.usage()}
-                await resp.write(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
-        await resp.write(b"data: [DONE]\n\n")
+                await send(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
+        await send(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
 
@@ -362,6 +370,16 @@ class FrontendServer:
                 return info.instance_id
         raise ApiError(404, f"request '{request_id}' is not running", "request_id",
                        code="request_not_found")
+
+
+class SSEResponse(web.StreamResponse):
+    """A streamed response whose headers wait for its first chunk and leave in the same write
+    (aiohttp's buffered headers, as ``web.Response`` uses): nothing reaches the client before
+    there is a token (or an error) to read, so its first token costs the client one wake-up
+    and the frontend one send, and the frontend sends nothing while the request is on its way
+    to a worker."""
+
+    _send_headers_immediately = False
 
 
 def _bearer_ok(request: web.Request, key: str) -> bool:

@@ -91,15 +91,13 @@ class OutputSender:
         if not deltas:
             return 0
         self.step += 1
-        first: dict[str, list[TokenDelta]] = {}
-        rest: dict[str, list[TokenDelta]] = {}
-        for d in deltas:
-            address = frontend_of(d.request_id)
-            if address:
-                group = first if d.start_index == 0 and d.token_ids else rest
-                group.setdefault(address, []).append(d)
+        # the first tokens leave before the rest is even grouped (one tight pass finds them)
+        new = [d for d in deltas if d.start_index == 0 and d.token_ids]
+        first = _group(new, frontend_of)
         for address, items in first.items():
             self._send_batch(address, items)
+        rest = _group([d for d in deltas if d.start_index != 0 or not d.token_ids]
+                      if new else deltas, frontend_of)
         for address, items in rest.items():
             self._send_batch(address, items)
         return len(first.keys() | rest.keys())
@@ -140,3 +138,13 @@ class OutputSender:
     def close(self) -> None:
         for address in list(self.socks):
             self.forget(address)
+
+
+def _group(deltas: list[TokenDelta], frontend_of) -> dict[str, list[TokenDelta]]:
+    """``deltas`` by frontend address, in order; a delta with no frontend is dropped."""
+    groups: dict[str, list[TokenDelta]] = {}
+    for d in deltas:
+        address = frontend_of(d.request_id)
+        if address:
+            groups.setdefault(address, []).append(d)
+    return groups
