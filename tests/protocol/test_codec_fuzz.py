@@ -6,18 +6,20 @@ is fuzzed without touching this file."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import struct
 import typing
 
 import msgpack
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from llumnix_zmq.protocol import messages as m
 from llumnix_zmq.protocol.codec import DecodeError, decode, encode
 from llumnix_zmq.protocol.messages import ALL_MESSAGES, BY_TAG, ErrorCode, ErrorReply
-from llumnix_zmq.protocol.schema import Struct
+from llumnix_zmq.protocol.schema import DEFAULT_LIMITS, Limits, SchemaError, Struct
 from llumnix_zmq.transport.dispatcher import Router
 from llumnix_zmq.transport.rpc import reply_key
 
@@ -194,6 +196,100 @@ def test_arbitrary_top_level_value(tag, value):
     check_decode([tag_bytes(tag), msgpack.packb(value, use_bin_type=True)])
 
 
+# --------------------------------------------------------------------------- fast path
+
+
+def _structs(cls=Struct):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _structs(sub)
+
+
+def _decline(raw, limits, depth):
+    raise ValueError("fast path off")
+
+
+@contextlib.contextmanager
+def checks_only():
+    """Every struct decodes through the per-field checkers alone (no generated fast path)."""
+    saved = {c: c.__dict__.get("_fast_cache") for c in _structs()}
+    for c in saved:
+        c._fast_cache = _decline
+    try:
+        yield
+    finally:
+        for c, fast in saved.items():
+            if fast is None:
+                del c._fast_cache
+            else:
+                c._fast_cache = fast
+
+
+def same_outcome(cls, raw, limits=DEFAULT_LIMITS):
+    """``from_wire`` (generated fast path, else the checked one) and the checks alone accept
+    the same input, build equal objects and fail with the same message."""
+    try:
+        with checks_only():
+            want = cls.from_wire(raw, limits)
+    except (SchemaError, TypeError, ValueError) as exc:
+        with pytest.raises(type(exc)) as got:
+            cls.from_wire(raw, limits)
+        assert str(got.value) == str(exc)
+        return
+    got = cls.from_wire(raw, limits)
+    assert type(got) is cls
+    assert got == want or _has_nan(want)
+    assert got.__dict__.keys() == want.__dict__.keys()
+    for name, value in want.__dict__.items():  # same types too (tuples, enum members, floats)
+        assert type(got.__dict__[name]) is type(value)
+
+
+def _ints_for_floats(value):
+    """The wire form with each finite float sent as an int (a peer may: it decodes as float)."""
+    if isinstance(value, float) and value == value and abs(value) < 1e18:
+        return int(value)
+    if isinstance(value, list):
+        return [_ints_for_floats(v) for v in value]
+    return value
+
+
+# each cap tight (0..16) or out of the way, independently
+cap = st.integers(0, 16) | st.just(1 << 20)
+limits = st.builds(Limits, max_str=cap, max_bytes=cap, max_list=cap, max_depth=st.integers(0, 9))
+
+
+@FUZZ
+@given(messages, st.booleans(), limits)
+def test_fast_path_builds_what_the_checks_build(msg, ints, lim):
+    wire = msgpack.unpackb(msgpack.packb(msg.to_wire(), use_bin_type=True))
+    if ints:
+        wire = _ints_for_floats(wire)
+    same_outcome(type(msg), wire)
+    same_outcome(type(msg), wire, lim)
+
+
+@st.composite
+def wire_with_one_position_confused(draw):
+    msg = draw(messages)
+    wire = msgpack.unpackb(msgpack.packb(msg.to_wire(), use_bin_type=True))
+    node = wire  # walk down into nested arrays (structs, lists of structs) at random
+    while True:
+        i = draw(st.integers(0, len(node) - 1))
+        if isinstance(node[i], list) and node[i] and draw(st.booleans()):
+            node = node[i]
+            continue
+        node[i] = draw(msgpack_values.filter(lambda v: not isinstance(v, msgpack.ExtType)))
+        return type(msg), wire
+
+
+@FUZZ
+@given(wire_with_one_position_confused(), limits, st.integers(0, 16))
+def test_fast_path_rejects_what_the_checks_reject(case, lim, cut):
+    cls, wire = case
+    same_outcome(cls, wire, lim)
+    same_outcome(cls, wire[:cut])  # short arrays: missing optional fields, too few fields
+
+
 # --------------------------------------------------------------------------- Router
 
 
@@ -319,3 +415,51 @@ def test_router_identity_only_gets_malformed_and_empty_is_ignored():
     asyncio.run(go())
     assert sock.sent == [[b"lonely", *encode(ErrorReply(ErrorCode.MALFORMED,
                                                         "expected >= 2 frames, got 0"))]]
+
+
+def _paths(wire, kind, path=()):
+    """Where values of ``kind`` (str, bytes, list) sit in a wire array (not the array itself)."""
+    for i, v in enumerate(wire):
+        if isinstance(v, kind):
+            yield (*path, i)
+        if isinstance(v, list):
+            yield from _paths(v, kind, (*path, i))
+
+
+def _only(wire, kind, keep):
+    """A copy of ``wire`` with every value of ``kind`` emptied but the one at ``keep``."""
+    def walk(node, path):
+        out = []
+        for i, v in enumerate(node):
+            here = (*path, i)
+            if isinstance(v, list):
+                v = walk(v, here)
+            if isinstance(v, kind) and here != keep and keep[:len(here)] != here:
+                v = kind()
+            out.append(v)
+        return out
+    return walk(wire, ())
+
+
+def _at(wire, path):
+    for i in path:
+        wire = wire[i]
+    return wire
+
+
+@pytest.mark.parametrize("cls", ALL_MESSAGES, ids=lambda c: c.__name__)
+def test_fast_path_at_every_cap_boundary(cls):
+    """Each sample message, each string, bytes and list in it alone at full length (the others
+    emptied), with its cap just below and at its length; and every depth cap: the fast path
+    and the checks agree at the edge."""
+    from test_codec import SAMPLES
+
+    wire = msgpack.unpackb(msgpack.packb(SAMPLES[cls].to_wire(), use_bin_type=True))
+    for kind, cap in ((str, "max_str"), (bytes, "max_bytes"), (list, "max_list")):
+        for path in _paths(wire, kind):
+            one = _only(wire, kind, path)
+            n = len(_at(one, path))
+            for limit in {max(0, n - 1), n}:
+                same_outcome(cls, one, Limits(**{cap: limit}))
+    for depth in range(10):
+        same_outcome(cls, wire, Limits(max_depth=depth))

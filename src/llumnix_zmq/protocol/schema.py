@@ -69,6 +69,17 @@ class Struct:
 
     @classmethod
     def from_wire(cls, raw: Any, limits: Limits = DEFAULT_LIMITS, depth: int = 0):
+        fast = cls.__dict__.get("_fast_cache")
+        if fast is None:
+            fast = cls._fast_cache = _generate(cls)  # type: ignore[attr-defined]
+        try:
+            return fast(raw, limits, depth)
+        except Exception:  # not the common case: the checks below decide, and name the fault
+            pass
+        return cls._from_wire_checked(raw, limits, depth)
+
+    @classmethod
+    def _from_wire_checked(cls, raw: Any, limits: Limits, depth: int):
         if not isinstance(raw, (list, tuple)):
             raise SchemaError(f"{cls.__name__}: expected array, got {type(raw).__name__}")
         plan = cls.__dict__.get("_plan_cache")
@@ -104,6 +115,115 @@ class Struct:
             except SchemaError as exc:
                 raise SchemaError(f"{cls.__name__}.{name}: {exc}") from None
         raise SchemaError(f"{cls.__name__}: {first}")
+
+
+class _Reject(Exception):
+    """The generated fast path declines: the checked path decides (and names the fault)."""
+
+
+def _generate(cls) -> Any:
+    """``cls.from_wire``'s common case as one generated function: the same checks as the
+    compiled per-field checkers, inlined (no call per field or list item), for a message that
+    is valid. Anything it does not accept, it declines (``_Reject`` or any exception) and the
+    checked path decides, so both accept exactly the same input and build equal objects. It
+    runs only where the whole struct is within ``limits.max_depth`` (``_static_depth``)."""
+    spec = cls.spec()
+    fields = dataclasses.fields(cls)
+    env: dict[str, Any] = {"_Reject": _Reject, "_new": object.__new__, "_cls": cls,
+                           "_tuple": tuple, "_list": list, "_int": int, "_str": str,
+                           "_float": float, "_bytes": bytes, "_bool": bool}
+    required = sum(1 for _, _, req in spec if req)
+    lines = ["def fast(raw, limits, depth):",
+             f"    if depth + {_static_depth(cls)} > limits.max_depth:",
+             "        raise _Reject",
+             "    t = type(raw)",
+             "    if t is not _list and t is not _tuple:",
+             "        raise _Reject",
+             "    n = len(raw)",
+             f"    if n < {required}:",
+             "        raise _Reject",
+             "    ms, mb, ml = limits.max_str, limits.max_bytes, limits.max_list"]
+    for i, ((name, ann, req), f) in enumerate(zip(spec, fields)):
+        v = f"v{i}"
+        body = _inline(ann, v, env, f"k{i}", "    ")
+        if req:
+            lines.append(f"    {v} = raw[{i}]")
+            lines += body
+        else:
+            env[f"d{i}"] = f.default
+            lines.append(f"    if n > {i}:")
+            lines.append(f"        {v} = raw[{i}]")
+            lines += ["    " + line for line in body]
+            lines.append("    else:")
+            lines.append(f"        {v} = d{i}")
+    items = ", ".join(f"{name!r}: v{i}" for i, (name, _, _) in enumerate(spec))
+    lines += ["    obj = _new(_cls)", f"    obj.__dict__.update({{{items}}})", "    return obj"]
+    exec("\n".join(lines), env)  # noqa: S102 - generated from the class's own annotations
+    return env["fast"]
+
+
+_SCALARS = {int: "_int", bool: "_bool", str: "_str", bytes: "_bytes"}
+
+
+def _inline(ann: Any, v: str, env: dict, key: str, ind: str) -> list[str]:
+    """Lines that check ``v`` against ``ann`` (and convert it as the checker would)."""
+    origin = typing.get_origin(ann)
+    if ann in (int, bool):
+        return [f"{ind}if type({v}) is not {_SCALARS[ann]}:", f"{ind}    raise _Reject"]
+    if ann is str:
+        return [f"{ind}if type({v}) is not _str or len({v}) > ms:", f"{ind}    raise _Reject"]
+    if ann is bytes:
+        return [f"{ind}if type({v}) is not _bytes or len({v}) > mb:", f"{ind}    raise _Reject"]
+    if ann is float:
+        return [f"{ind}if type({v}) is not _float:", f"{ind}    if type({v}) is not _int:",
+                f"{ind}        raise _Reject", f"{ind}    {v} = _float({v})"]
+    if isinstance(ann, type) and issubclass(ann, enum.IntEnum):
+        env[key] = {int(m): m for m in ann}
+        return [f"{ind}if type({v}) is not _int:", f"{ind}    raise _Reject",
+                f"{ind}{v} = {key}.get({v})", f"{ind}if {v} is None:", f"{ind}    raise _Reject"]
+    if isinstance(ann, type) and issubclass(ann, Struct):
+        env[key] = ann
+        return [f"{ind}{v} = {key}.from_wire({v}, limits, depth + 1)"]
+    if origin in (list, tuple):
+        (item,) = typing.get_args(ann)[:1]
+        head = [f"{ind}if type({v}) is not _list and type({v}) is not _tuple or len({v}) > ml:",
+                f"{ind}    raise _Reject"]
+        if item in (int, bool):
+            return head + [f"{ind}for x in {v}:", f"{ind}    if type(x) is not {_SCALARS[item]}:",
+                           f"{ind}        raise _Reject", f"{ind}{v} = _tuple({v})"]
+        if item is str:
+            return head + [f"{ind}for x in {v}:", f"{ind}    if type(x) is not _str or len(x) > ms:",
+                           f"{ind}        raise _Reject", f"{ind}{v} = _tuple({v})"]
+        if isinstance(item, type) and issubclass(item, Struct):
+            env[key] = item
+            return head + [f"{ind}{v} = _tuple([{key}.from_wire(x, limits, depth + 2) "
+                           f"for x in {v}])"]
+    env[key] = _compile(ann)  # anything else: the compiled checker, at its own depth
+    return [f"{ind}{v} = {key}({v}, limits, depth + 1)"]
+
+
+def _static_depth(cls, seen: tuple = ()) -> int:
+    """The deepest ``depth`` the checked path compares with ``max_depth`` for ``cls``, less
+    the depth it starts at (structs nest without cycles; a cycle counts as unbounded)."""
+    if cls in seen:
+        return 1 << 20
+    deepest = 0
+    for _, ann, _ in cls.spec():
+        deepest = max(deepest, _ann_depth(ann, (*seen, cls)))
+    return 1 + deepest
+
+
+def _ann_depth(ann: Any, seen: tuple) -> int:
+    origin = typing.get_origin(ann)
+    if isinstance(ann, type) and issubclass(ann, Struct):
+        return _static_depth(ann, seen)
+    if origin in (list, tuple):
+        return 1 + _ann_depth(typing.get_args(ann)[0], seen)
+    if origin is dict:
+        return 1 + max(_ann_depth(a, seen) for a in typing.get_args(ann))
+    if origin in (typing.Union, types.UnionType):
+        return max(_ann_depth(a, seen) for a in typing.get_args(ann) if a is not type(None))
+    return 0
 
 
 def _to_wire(value: Any) -> Any:
