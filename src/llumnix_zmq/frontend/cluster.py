@@ -41,6 +41,7 @@ from ..protocol.messages import (
 from ..clock import SystemClock
 from ..scheduler.decisions import local_dispatch
 from ..security.curve import watch
+from ..transport.reader import SocketReader
 from ..transport.rpc import RpcClient, RpcError, send_nowait
 from ..transport.sockets import bound_address, make_socket
 from .streams import RequestStream, StreamEnd
@@ -62,8 +63,11 @@ class Cluster:
         self.client_keys = security.client() if security else None
         self.to_scheduler = RpcClient(make_socket(ctx, zmq.DEALER, cfg.scheduler, bind=False,
                                                   curve=self.client_keys))
-        self.recv_tokens = make_socket(ctx, zmq.PULL, cfg.bind_tokens, bind=True,
+        # a plain socket read from the loop's readiness callback (transport/reader.py)
+        self.recv_tokens = make_socket(zmq.Context.shadow(ctx.underlying), zmq.PULL,
+                                       cfg.bind_tokens, bind=True,
                                        curve=security.server() if security else None)
+        self.token_reader = SocketReader(self.recv_tokens, self.on_token_frames)
         self.tokens_address = cfg.advertise_tokens or bound_address(self.recv_tokens)
         self.to_workers: dict[str, zmq.asyncio.Socket] = {}
         self.instances: dict[str, InstanceInfo] = {}
@@ -82,8 +86,8 @@ class Cluster:
     def start(self) -> None:
         self.to_scheduler.start()
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self.token_loop(), name="tokens"),
-                       loop.create_task(self.refresh_loop(), name="refresh")]
+        self.token_reader.start()
+        self._tasks = [loop.create_task(self.refresh_loop(), name="refresh")]
         if self.security is not None:
             self._tasks.append(loop.create_task(watch(self.recv_tokens, "frontend tokens"),
                                                 name="auth-watch"))
@@ -104,6 +108,7 @@ class Cluster:
         await self.to_scheduler.close()
         for sock in self.to_workers.values():
             sock.close(linger=0)
+        self.token_reader.close()
         self.recv_tokens.close(linger=0)
 
     def live_instances(self) -> list[InstanceInfo]:
@@ -303,32 +308,35 @@ class Cluster:
         self.streams.pop(request_id, None)
 
     # --- tokens ----------------------------------------------------------------------------
-    async def token_loop(self) -> None:
-        while True:
-            frames = await self.recv_tokens.recv_multipart(copy=False)
-            try:
-                msg, _ = decode(frames)
-            except DecodeError as exc:
-                log.warning("malformed token batch dropped: %s", exc.message)
-                continue
-            if isinstance(msg, RequestMoved):
-                self.on_moved(msg)
-                continue
-            if not isinstance(msg, TokenBatch):
-                log.warning("unexpected %s on the token socket", type(msg).__name__)
-                continue
-            # first tokens first: a step's batch carries ~one token per running request, and a
-            # new request's TTFT should not wait behind everyone else's next token. The first
-            # tokens are applied, then their handlers run (they write the first SSE chunk)
-            # before the rest of the batch, or the step's main batch a worker sends after its
-            # first-tokens batch, is applied.
-            first = [d for d in msg.items if d.start_index == 0]
-            rest = [d for d in msg.items if d.start_index != 0]
-            if first:
-                self.apply_deltas(msg.instance_id, first)
-                await asyncio.sleep(0)
-            if rest:
-                self.apply_deltas(msg.instance_id, rest)
+    def on_token_frames(self, frames) -> bool:
+        """One message from a worker (token_reader). True: first tokens were applied, so their
+        handlers run (writing the first SSE chunks) before anything else is applied.
+
+        First tokens first: a step's batch carries ~one token per running request, and a new
+        request's TTFT should not wait behind everyone else's next token. The worker sends a
+        step's first tokens in a batch of their own, just before the main one; a batch that
+        carries both (from elsewhere) has its other deltas applied on the loop's next turn."""
+        try:
+            msg, _ = decode(frames)
+        except DecodeError as exc:
+            log.warning("malformed token batch dropped: %s", exc.message)
+            return False
+        if isinstance(msg, RequestMoved):
+            self.on_moved(msg)
+            return False
+        if not isinstance(msg, TokenBatch):
+            log.warning("unexpected %s on the token socket", type(msg).__name__)
+            return False
+        items = msg.items
+        first = [d for d in items if d.start_index == 0]
+        if not first:
+            self.apply_deltas(msg.instance_id, items)
+            return False
+        self.apply_deltas(msg.instance_id, first)
+        if len(first) < len(items):
+            asyncio.get_running_loop().call_soon(
+                self.apply_deltas, msg.instance_id, [d for d in items if d.start_index != 0])
+        return True
 
     def apply_deltas(self, instance_id: str, deltas) -> None:
         applied = 0

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 import zmq
+import zmq.asyncio
 import zmq.auth
 from zmq.utils.monitor import recv_monitor_message
 
@@ -72,6 +73,8 @@ def security_from(cfg, name: str) -> MeshSecurity | None:
 async def watch(sock, label: str) -> None:
     """Log refused handshakes on a bound socket until cancelled."""
     mon = sock.get_monitor_socket(_AUTH_FAILED | _NO_DETAIL | _PROTOCOL)
+    if not isinstance(mon, zmq.asyncio.Socket):  # a plain socket's monitor: read it async
+        mon = zmq.asyncio.Socket.from_socket(mon)
     try:
         while True:
             evt = await recv_monitor_message(mon)
