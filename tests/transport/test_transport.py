@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import re
 
 import pytest
@@ -267,14 +268,21 @@ async def test_frame_over_max_msg_size_drops_the_peer(ctx, tmp_path):
 # --------------------------------------------------------------------------- Router
 
 
-async def test_router_serves_real_socket_and_survives_bad_input(ctx, tmp_path):
+def router_socket(ctx, plain: bool, address: str):
+    """A bound ROUTER: asyncio, or plain (the Router then receives from the fd itself)."""
+    return make_socket(zmq.Context.shadow(ctx.underlying) if plain else ctx, zmq.ROUTER,
+                       address, bind=True)
+
+
+@pytest.mark.parametrize("plain", [False, True], ids=["asyncio", "plain"])
+async def test_router_serves_real_socket_and_survives_bad_input(ctx, tmp_path, plain):
     def on_list(identity, msg, raw):
         return m.InstanceTable(msg.query_id, (), identity.decode())
 
     async def on_dispatch(identity, msg, raw):
         raise KeyError(msg.request_id)
 
-    sock = make_socket(ctx, zmq.ROUTER, ipc(tmp_path, "router"), bind=True)
+    sock = router_socket(ctx, plain, ipc(tmp_path, "router"))
     router = Router(sock, {m.ListInstances: on_list, m.DispatchQuery: on_dispatch}, "sched")
     task = asyncio.get_running_loop().create_task(router.serve())
     dealer = make_socket(ctx, zmq.DEALER, bound_address(sock), bind=False, identity=b"peer-7")
@@ -299,9 +307,64 @@ async def test_router_serves_real_socket_and_survives_bad_input(ctx, tmp_path):
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+        if plain:
+            sock.close(linger=0)
 
 
-async def test_router_send_to_gone_peer_returns_false(ctx):
-    sock = make_socket(ctx, zmq.ROUTER, "tcp://127.0.0.1:0", bind=True)
+@pytest.mark.parametrize("plain", [False, True], ids=["asyncio", "plain"])
+async def test_router_send_to_gone_peer_returns_false(ctx, plain):
+    sock = router_socket(ctx, plain, "tcp://127.0.0.1:0")
     router = Router(sock, {}, "r")
     assert await router.send(b"ghost", m.ListInstances(1)) is False
+    sock.close(linger=0)
+
+
+async def test_plain_router_handles_in_order_and_a_send_does_not_strand_a_message(ctx, tmp_path):
+    """Handlers run one at a time in arrival order: messages that arrive while a handler is
+    suspended wait for it and are then all served. A message that lands while the loop is busy
+    and a send goes out on the same socket before the loop looks (a send may take the fd's
+    signal; Router.send wakes the receive loop to look again) is served too."""
+    seen, gate = [], asyncio.Event()
+
+    async def on_abort(identity, msg, raw):
+        seen.append(msg.request_id)
+        if msg.request_id == "slow":
+            await gate.wait()
+        return None
+
+    sock = router_socket(ctx, True, ipc(tmp_path, "plain"))
+    router = Router(sock, {m.AbortRequest: on_abort}, "w")
+    task = asyncio.get_running_loop().create_task(router.serve())
+    dealer = make_socket(ctx, zmq.DEALER, bound_address(sock), bind=False, identity=b"fe")
+    try:
+        await dealer.send_multipart(encode(m.AbortRequest("slow")))
+        for _ in range(200):
+            if seen:
+                break
+            await asyncio.sleep(0.005)
+        for rid in ("a", "b"):
+            await dealer.send_multipart(encode(m.AbortRequest(rid)))
+        await asyncio.sleep(0.05)
+        assert seen == ["slow"]  # one at a time: "a" and "b" wait for "slow"
+        gate.set()
+        for _ in range(200):
+            if len(seen) == 3:
+                break
+            await asyncio.sleep(0.005)
+        assert seen == ["slow", "a", "b"]
+        # the receive loop waits on the fd; a message lands, then a send on the same socket
+        # processes the socket's commands before the loop looks
+        await dealer.send_multipart(encode(m.AbortRequest("c")))
+        time.sleep(0.05)  # (blocking on purpose: the message is queued, the loop not run)
+        assert await router.send(b"fe", m.ListInstances(3)) is True
+        for _ in range(200):
+            if len(seen) == 4:
+                break
+            await asyncio.sleep(0.005)
+        assert seen == ["slow", "a", "b", "c"]
+        assert await dealer.poll(5000)
+        assert decode(await dealer.recv_multipart())[0] == m.ListInstances(3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        sock.close(linger=0)

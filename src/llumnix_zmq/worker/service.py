@@ -69,7 +69,9 @@ class WorkerService:
         self.instance_id = cfg.instance_id or f"worker-{os.getpid()}"
         self.security = security
         self.client_keys = security.client() if security else None
-        self.recv_from_peers = make_socket(ctx, zmq.ROUTER, cfg.bind, bind=True,
+        # a plain socket: the Router receives from the fd itself (transport/dispatcher.py)
+        self.recv_from_peers = make_socket(zmq.Context.shadow(ctx.underlying), zmq.ROUTER,
+                                           cfg.bind, bind=True,
                                            curve=security.server() if security else None)
         self.address = cfg.advertise or bound_address(self.recv_from_peers)
         self.to_scheduler = make_socket(ctx, zmq.DEALER, cfg.scheduler, bind=False,
