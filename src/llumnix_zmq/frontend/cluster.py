@@ -78,6 +78,8 @@ class Cluster:
         self.rr_state = None
         self._tasks: list[asyncio.Task] = []
         self._restart_seen = 0.0
+        self._ticket_hits = metrics.dispatch_tickets.labels("hit")
+        self._ticket_misses = metrics.dispatch_tickets.labels("miss")
         self.tickets = (TicketBook(self._fetch_ticket, SystemClock(), cfg.dispatch_ticket_ttl_s,
                                    refill_delay_s=cfg.dispatch_ticket_refill_delay_s)
                         if cfg.dispatch_ticket_ttl_s > 0 else None)
@@ -221,7 +223,7 @@ class Cluster:
                        exclude: tuple[str, ...] = ()) -> tuple[str, str]:
         if self.tickets is not None and priority == Priority.NORMAL and not exclude:
             ticket = self.tickets.take(self._is_live, num_prompt_tokens)
-            self.metrics.dispatch_tickets.labels("hit" if ticket else "miss").inc()
+            (self._ticket_hits if ticket else self._ticket_misses).inc()
             if ticket is not None:
                 return ticket.instance_id, ticket.address
         try:

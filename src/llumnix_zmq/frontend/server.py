@@ -21,6 +21,7 @@ from ..common.reqtrace import RequestTracer
 from ..protocol.messages import GenerateRequest, InstanceInfo
 from .api import ApiError, ParsedRequest, parse_request
 from .cluster import Cluster, NoInstance
+from .sse import Chunks, SSEResponse, event
 from .streams import RequestStream, StreamEnd
 
 log = logging.getLogger(__name__)
@@ -249,32 +250,10 @@ class FrontendServer:
         obj = "chat.completion.chunk" if req.chat else "text_completion"
         base = {"id": stream.request_id, "object": obj, "created": int(stream.created),
                 "model": self.model_name}
-        prompt_sent = False
+        chunks = Chunks(base, req.chat, req.return_token_ids, stream)
+        chunk = chunks.chunk
         wrote = False  # a chunk with text
-
-        def chunk(text: str | None, finish: str | None, usage=None) -> bytes:
-            nonlocal prompt_sent
-            if req.chat:
-                delta = {} if text is None else {"content": text}
-                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-            else:
-                choice = {"index": 0, "text": text or "", "logprobs": None,
-                          "finish_reason": finish}
-            body = {**base, "choices": [choice]}
-            if req.return_token_ids:  # vLLM's layout: prompt ids once, then new ids per chunk
-                if not prompt_sent:
-                    prompt_sent = True
-                    choice["prompt_token_ids"] = stream.prompt_token_ids
-                choice["token_ids"] = stream.take_ids()
-            if usage is not None:
-                body["usage"] = usage
-            return b"data: " + json.dumps(body).encode() + b"\n\n"
-
-        role = b""  # chat: the role chunk goes out with the first content (one write)
-        if req.chat:
-            first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                          "logprobs": None, "finish_reason": None}]}
-            role = b"data: " + json.dumps(first).encode() + b"\n\n"
+        role = chunks.role() if req.chat else b""  # goes out with the first content (one write)
 
         async def send(data: bytes) -> None:
             nonlocal role
@@ -289,7 +268,7 @@ class FrontendServer:
             if stream.finished:
                 break
             if text:
-                await send(chunk(text, None))
+                await send(chunks.text(text))
                 if not wrote:
                     wrote = True
                     self.tracer.mark("first_write", stream.request_id)
@@ -298,14 +277,12 @@ class FrontendServer:
         if end.reason == "error":
             if text:
                 await send(chunk(text, None))
-            err = ApiError(end.status, end.error, type_="server_error").body()
-            await send(b"data: " + json.dumps(err).encode() + b"\n\n")
+            await send(event(ApiError(end.status, end.error, type_="server_error").body()))
         else:
             finish = end.reason if end.reason in ("stop", "length") else "stop"
             await send(chunk(text, finish, stream.usage()))
             if req.include_usage:
-                usage_chunk = {**base, "choices": [], "usage": stream.usage()}
-                await send(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
+                await send(event({**base, "choices": [], "usage": stream.usage()}))
         await send(b"data: [DONE]\n\n")
         await resp.write_eof()
         return resp
@@ -370,16 +347,6 @@ class FrontendServer:
                 return info.instance_id
         raise ApiError(404, f"request '{request_id}' is not running", "request_id",
                        code="request_not_found")
-
-
-class SSEResponse(web.StreamResponse):
-    """A streamed response whose headers wait for its first chunk and leave in the same write
-    (aiohttp's buffered headers, as ``web.Response`` uses): nothing reaches the client before
-    there is a token (or an error) to read, so its first token costs the client one wake-up
-    and the frontend one send, and the frontend sends nothing while the request is on its way
-    to a worker."""
-
-    _send_headers_immediately = False
 
 
 def _bearer_ok(request: web.Request, key: str) -> bool:
