@@ -3,7 +3,9 @@ strings and finish reasons. Byte tokenizer: token id == UTF-8 byte, so texts are
 
 from __future__ import annotations
 
-from llumnix_zmq.frontend.streams import RequestStream, StreamEnd
+import asyncio
+
+from llumnix_zmq.frontend.streams import News, RequestStream, StreamEnd
 from llumnix_zmq.protocol.messages import ErrorCode, FinishReason, TokenDelta
 from llumnix_zmq.tokenizer import ByteTokenizer
 
@@ -19,12 +21,9 @@ def delta(start: int, text: str | bytes = b"", finish=FinishReason.NONE, **kw) -
     return TokenDelta("r1", start, tuple(data), finish, len(PROMPT), **kw)
 
 
-def drain(s: RequestStream) -> int:
-    n = 0
-    while not s.queue.empty():
-        assert s.queue.get_nowait() is None
-        n += 1
-    return n
+def drain(s: RequestStream) -> bool:
+    """Whether the handler was told (notifications fold into one until it looks)."""
+    return s.news.take()
 
 
 # --------------------------------------------------------------------------- ordering
@@ -40,10 +39,10 @@ async def test_in_order_deltas():
     assert s.take_text() == ""
     assert s.instance_id == "w1"
     assert not s.finished
-    assert drain(s) == 2  # one wake-up per applied delta
+    assert drain(s) is True and drain(s) is False  # two deltas, one wake-up
     s.on_delta(delta(5, "", FinishReason.STOP), "w1")
     assert s.end == StreamEnd("stop")
-    assert drain(s) == 1
+    assert drain(s) is True
 
 
 async def test_duplicates_are_dropped():
@@ -231,7 +230,7 @@ async def test_error_delta_without_text_gets_a_default_message():
     s = make()
     s.on_delta(delta(7, "", FinishReason.ERROR, error_code=int(ErrorCode.INTERNAL)), "w1")
     assert s.end == StreamEnd("error", "request failed", 500)
-    assert drain(s) == 1
+    assert drain(s) is True
 
 
 async def test_finish_is_idempotent():
@@ -239,7 +238,7 @@ async def test_finish_is_idempotent():
     s.finish(StreamEnd("abort"))
     s.finish(StreamEnd("error", "x", 503))
     assert s.end == StreamEnd("abort")
-    assert drain(s) == 1
+    assert drain(s) is True
 
 
 # --------------------------------------------------------------------------- UTF-8
@@ -339,3 +338,30 @@ async def test_a_gap_left_by_a_dead_source_is_detectable_and_dropped():
     assert s.output_ids == list(b"abcd") and s.fed_by == "w3"
     s.on_delta(delta(3, "de"), "dst")  # a late copy of the dropped batch: only the new tail
     assert s.output_ids == list(b"abcde")
+
+
+# --------------------------------------------------------------------------- News
+
+
+async def test_news_wakes_its_waiter_and_folds_what_comes_meanwhile():
+    news = News()
+    news.notify()
+    news.notify()
+    await asyncio.wait_for(news.wait(), 1)  # pending: at once
+    assert news.take() is False  # the two folded into one
+    waiter = asyncio.create_task(news.wait())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    news.notify()  # wakes the waiter, leaves nothing pending
+    await asyncio.wait_for(waiter, 1)
+    assert news.take() is False
+
+
+async def test_a_cancelled_wait_leaves_the_next_notification_pending():
+    news = News()
+    waiter = asyncio.create_task(news.wait())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    await asyncio.gather(waiter, return_exceptions=True)
+    news.notify()
+    assert news.take() is True

@@ -42,7 +42,7 @@ def test_first_tokens_are_applied_and_their_handlers_run_before_the_rest():
         order = []
 
         async def handler(rid):
-            await streams[rid].queue.get()
+            await streams[rid].news.wait()
             order.append((rid, list(streams["new"].output_ids), list(streams["old"].output_ids)))
 
         task = asyncio.create_task(handler("new"))

@@ -57,3 +57,25 @@ def test_api_keys_required_when_configured(tmp_path):
             assert out.choices[0].text == expected_text("x", 3)
     finally:
         cluster.stop()
+
+
+def test_a_small_body_limit_holds_for_bodies_that_arrive_whole(tmp_path):
+    """The frontend takes a body that is already buffered without aiohttp's read(); the limit
+    still holds: over it a 413, at it an answer."""
+    cluster = start_cluster(tmp_path, instances=1, time_scale=0.2,
+                            frontend_args=["--max-body-bytes", "120"])
+    try:
+        async def main():
+            url = cluster.base_url + "/v1/completions"
+            async with aiohttp.ClientSession() as s:
+                body = {"model": "sim", "prompt": "x" * 200, "max_tokens": 2}
+                r = await s.post(url, json=body)
+                big = (r.status, (await r.json())["error"]["message"])
+                r = await s.post(url, json={"model": "sim", "prompt": "hi", "max_tokens": 2})
+                return big, r.status, (await r.json())["choices"][0]["text"]
+
+        big, status, text = asyncio.run(main())
+        assert big == (413, "request body too large")
+        assert (status, text) == (200, expected_text("hi", 2))
+    finally:
+        cluster.stop()

@@ -11,8 +11,9 @@ import asyncio
 import hmac
 import json
 import logging
+import os
+import random
 import time
-import uuid
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -38,6 +39,9 @@ class FrontendServer:
         self.model_name = cfg.served_model_name or cfg.model
         self.tracer = tracer or RequestTracer()
         self.per_client: dict[str, int] = {}
+        # request ids: 128 bits from a generator seeded once from the OS (no getrandom call
+        # per request; ids stay unique across frontends)
+        self.ids = random.Random(int.from_bytes(os.urandom(32), "big"))
         self.in_flight = 0
 
     def app(self) -> web.Application:
@@ -83,7 +87,13 @@ class FrontendServer:
                            type_="authentication_error")
 
     async def read_json(self, request: web.Request):
-        raw = await request.read()
+        content = request.content
+        if content.is_eof():  # the whole body is buffered already (the usual case): take it
+            raw = content.read_nowait()
+            if len(raw) > self.cfg.max_body_bytes:
+                raise ApiError(413, "request body too large")
+        else:
+            raw = await request.read()
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
@@ -168,7 +178,7 @@ class FrontendServer:
                            f"prompt has {len(prompt)} tokens", "prompt",
                            code="context_length_exceeded")
         max_tokens = min(req.max_tokens or limit - len(prompt), limit - len(prompt))
-        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        rid = f"{'chatcmpl-' if chat else 'cmpl-'}{self.ids.getrandbits(128):032x}"
         stream = RequestStream(rid, prompt, self.tokenizer, req.stop, max_tokens)
         msg = GenerateRequest(rid, self.cluster.tokens_address, tuple(prompt),
                               req.sampling(max_tokens, tuple(self.tokenizer.eos_token_ids)),
@@ -208,7 +218,7 @@ class FrontendServer:
     @staticmethod
     async def wait(stream: RequestStream) -> None:
         """Until the stream has news (the request's deadline timer finishes it, see generate)."""
-        await stream.queue.get()
+        await stream.news.wait()
 
     def observe(self, stream: RequestStream, t0: float) -> None:
         if stream.first_token_at is not None:

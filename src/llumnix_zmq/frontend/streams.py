@@ -19,6 +19,43 @@ FINISH_NAMES = {FinishReason.STOP: "stop", FinishReason.LENGTH: "length",
                 FinishReason.ABORT: "abort", FinishReason.ERROR: "error"}
 
 
+class News:
+    """Something happened to a stream (tokens, its end): the one waiter, its HTTP handler,
+    wakes. Notifications that come while nobody waits fold into one (the handler takes all
+    there is when it wakes). Made per request, so lighter than an asyncio.Queue of Nones."""
+
+    __slots__ = ("_pending", "_waiter")
+
+    def __init__(self):
+        self._pending = False
+        self._waiter: asyncio.Future | None = None
+
+    def notify(self) -> None:
+        waiter = self._waiter
+        if waiter is None:
+            self._pending = True
+        else:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def take(self) -> bool:
+        """Consume a pending notification without waiting (False: none)."""
+        pending, self._pending = self._pending, False
+        return pending
+
+    async def wait(self) -> None:
+        """Until the next notification (at once if one is pending)."""
+        if self.take():
+            return
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None
+
+
 @dataclass
 class StreamEnd:
     reason: str  # "stop" | "length" | "error" | "abort"
@@ -50,7 +87,7 @@ class RequestStream:
     request: object = None  # the GenerateRequest as last submitted (for resume)
 
     def __post_init__(self):
-        self.queue: asyncio.Queue = asyncio.Queue()
+        self.news = News()
         self._pending: dict[int, TokenDelta] = {}
         self._prefix = 0  # incremental detokenisation window
         self._read = 0
@@ -137,7 +174,7 @@ class RequestStream:
         elif len(self.output_ids) >= self.max_tokens:
             self.finish(StreamEnd("length"))
         else:
-            self.queue.put_nowait(None)
+            self.news.notify()
 
     def _detokenize(self) -> None:
         ids = self.output_ids
@@ -159,7 +196,7 @@ class RequestStream:
     def finish(self, end: StreamEnd) -> None:
         if self.end is None:
             self.end = end
-            self.queue.put_nowait(None)
+            self.news.notify()
 
     # --- output ----------------------------------------------------------------------
     def take_text(self) -> str:
