@@ -155,7 +155,7 @@ async def test_closing_during_the_refill_delay_fetches_nothing():
     await settle()
     await book.close()
     await asyncio.sleep(0.08)
-    assert (sched.hints, book.ticket, book._inflight) == ([], None, None)
+    assert (sched.hints, book.ticket, book._inflight, book._delayed) == ([], None, None, None)
 
 
 def test_refill_delay_must_not_be_negative():

@@ -463,3 +463,31 @@ def test_fast_path_at_every_cap_boundary(cls):
                 same_outcome(cls, one, Limits(**{cap: limit}))
     for depth in range(10):
         same_outcome(cls, wire, Limits(max_depth=depth))
+
+
+def _buildable(cls) -> bool:
+    try:
+        for_struct(cls)
+        return True
+    except (KeyError, ValueError, TypeError):
+        return False
+
+
+every_struct = st.sampled_from([c for c in _structs() if _buildable(c)]).flatmap(for_struct)
+
+
+def _same_shape(a, b) -> bool:
+    """Equal, with the same container types at every level (a list is not a tuple here)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_shape(x, y) for x, y in zip(a, b))
+    return a == b or a != a
+
+
+@FUZZ
+@given(every_struct)
+def test_generated_to_wire_is_the_per_field_encoders(obj):
+    fast, plain = obj.to_wire(), obj._to_wire_plain()
+    assert _same_shape(fast, plain)
+    assert msgpack.packb(fast, use_bin_type=True) == msgpack.packb(plain, use_bin_type=True)

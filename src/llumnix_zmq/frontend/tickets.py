@@ -28,9 +28,9 @@ added 0.3-0.5 ms to the median time the mesh adds to a request's first token, on
 worker and on the way back (bench/serving_overhead.py, paired); a request that comes within the
 delay finds no ticket and asks the scheduler directly.
 
-State per book: ``ticket`` (None or one decision), at most one fetch in flight, one refresh
-timer. High-priority requests, requests that exclude instances (resumes) and a frontend whose
-scheduler does not answer never use tickets.
+State per book: ``ticket`` (None or one decision), at most one fetch in flight or waiting
+for its delay, one refresh timer. High-priority requests, requests that exclude instances
+(resumes) and a frontend whose scheduler does not answer never use tickets.
 
     book = TicketBook(fetch, clock, ttl_s=0.05)
     ticket = book.take(lambda iid: iid in live, num_prompt_tokens)  # None: ask directly
@@ -78,6 +78,7 @@ class TicketBook:
         self.hits = 0
         self.misses = 0
         self._inflight: asyncio.Task | None = None
+        self._delayed: asyncio.TimerHandle | None = None  # a refill waiting for its delay
         self._timer: asyncio.TimerHandle | None = None
         self._closed = False
         self._release = 0  # an unused ticket's id, sent with the next fetch
@@ -106,19 +107,22 @@ class TicketBook:
 
     def refill(self, delay_s: float = 0.0) -> None:
         """Fetch a ticket (the held one is gone: taken or expired) ``delay_s`` from now unless
-        a fetch is in flight (or waiting to start)."""
-        if self._closed or self._inflight is not None:
+        a fetch is in flight or waiting to start. The wait is a timer, not a task: a take (on
+        the request's path) costs no task creation."""
+        if self._closed or self._inflight is not None or self._delayed is not None:
             return
-        self._inflight = asyncio.get_running_loop().create_task(self._fill(delay_s),
-                                                                name="ticket")
-
-    async def _fill(self, delay_s: float = 0.0) -> None:
         if delay_s > 0:
-            try:
-                await asyncio.sleep(delay_s)
-            except asyncio.CancelledError:
-                self._inflight = None
-                raise
+            self._delayed = asyncio.get_running_loop().call_later(delay_s, self._start_fill)
+        else:
+            self._start_fill()
+
+    def _start_fill(self) -> None:
+        self._delayed = None
+        if not self._closed:
+            self._inflight = asyncio.get_running_loop().create_task(self._fill(),
+                                                                    name="ticket")
+
+    async def _fill(self) -> None:
         release, self._release = self._release, 0
         try:
             instance_id, address, ticket_id = await self._fetch(self.hint_tokens, release)
@@ -148,6 +152,9 @@ class TicketBook:
         self._closed = True
         if self._timer is not None:
             self._timer.cancel()
+        if self._delayed is not None:
+            self._delayed.cancel()
+            self._delayed = None
         if self._inflight is not None:
             self._inflight.cancel()
             await asyncio.gather(self._inflight, return_exceptions=True)

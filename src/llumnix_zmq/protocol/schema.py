@@ -44,6 +44,14 @@ class Struct:
     _spec: ClassVar[tuple[tuple[str, Any, bool], ...]]  # (name, annotation, required)
 
     def to_wire(self) -> list[Any]:
+        cls = type(self)
+        fast = cls.__dict__.get("_to_wire_cache")
+        if fast is None:
+            fast = cls._to_wire_cache = _generate_to_wire(cls)  # type: ignore[attr-defined]
+        return fast(self)
+
+    def _to_wire_plain(self) -> list[Any]:
+        """``to_wire`` through the per-field encoders (what the generated one inlines)."""
         plan = type(self).__dict__.get("_encode_cache")
         if plan is None:
             plan = tuple((name, _encoder(ann)) for name, ann, _ in self.spec())
@@ -224,6 +232,35 @@ def _ann_depth(ann: Any, seen: tuple) -> int:
     if origin in (typing.Union, types.UnionType):
         return max(_ann_depth(a, seen) for a in typing.get_args(ann) if a is not type(None))
     return 0
+
+
+def _generate_to_wire(cls) -> Any:
+    """``cls.to_wire`` as one generated function: each field's encoder inlined (a value that
+    packs as it is, ``int()`` of an enum, a nested struct's or each item's ``to_wire``)."""
+    env: dict[str, Any] = {"_to_wire": _to_wire, "_int": int}
+    items = []
+    for i, (name, ann, _) in enumerate(cls.spec()):
+        items.append(_encode_expr(ann, f"d[{name!r}]", env, f"e{i}"))
+    src = "def to_wire(self):\n    d = self.__dict__\n    return [" + ", ".join(items) + "]"
+    exec(src, env)  # noqa: S102 - generated from the class's own annotations
+    return env["to_wire"]
+
+
+def _encode_expr(ann: Any, x: str, env: dict, key: str) -> str:
+    if _encoder(ann) is None:
+        return x
+    origin = typing.get_origin(ann)
+    if isinstance(ann, type) and issubclass(ann, Struct):
+        return f"{x}.to_wire()"
+    if isinstance(ann, type) and issubclass(ann, enum.IntEnum):
+        return f"_int({x})"
+    if origin in (list, tuple):
+        item = typing.get_args(ann)[0]
+        if isinstance(item, type) and issubclass(item, Struct):
+            return f"[v.to_wire() for v in {x}]"
+        env[key] = _encoder(item)
+        return f"[{key}(v) for v in {x}]"
+    return f"_to_wire({x})"
 
 
 def _to_wire(value: Any) -> Any:

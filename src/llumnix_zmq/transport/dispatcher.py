@@ -37,7 +37,9 @@ class Router:
         self.name = name
         self.errors = 0
         self.send_timeout_s = send_timeout_s
-        self._plain = not isinstance(sock, zmq.asyncio.Socket)
+        # a plain pyzmq socket: received from its fd; anything else (an asyncio socket, or a
+        # stand-in with an awaitable send_multipart) is awaited as before
+        self._plain = isinstance(sock, zmq.Socket) and not isinstance(sock, zmq.asyncio.Socket)
         self._wake: asyncio.Future | None = None  # the plain receive loop, waiting for the fd
 
     async def send(self, identity: bytes, msg: Message, raw=()) -> bool:
