@@ -43,7 +43,7 @@ from ..scheduler.decisions import local_dispatch
 from ..security.curve import watch
 from ..transport.reader import SocketReader
 from ..transport.rpc import RpcClient, RpcError, send_nowait
-from ..transport.sockets import bound_address, make_socket
+from ..transport.sockets import bound_address, make_socket, plain_context
 from .streams import RequestStream, StreamEnd
 from .tickets import TicketBook
 
@@ -64,7 +64,7 @@ class Cluster:
         self.to_scheduler = RpcClient(make_socket(ctx, zmq.DEALER, cfg.scheduler, bind=False,
                                                   curve=self.client_keys))
         # a plain socket read from the loop's readiness callback (transport/reader.py)
-        self.recv_tokens = make_socket(zmq.Context.shadow(ctx.underlying), zmq.PULL,
+        self.recv_tokens = make_socket(plain_context(ctx), zmq.PULL,
                                        cfg.bind_tokens, bind=True,
                                        curve=security.server() if security else None)
         self.token_reader = SocketReader(self.recv_tokens, self.on_token_frames)

@@ -50,15 +50,6 @@ class Struct:
             fast = cls._to_wire_cache = _generate_to_wire(cls)  # type: ignore[attr-defined]
         return fast(self)
 
-    def _to_wire_plain(self) -> list[Any]:
-        """``to_wire`` through the per-field encoders (what the generated one inlines)."""
-        plan = type(self).__dict__.get("_encode_cache")
-        if plan is None:
-            plan = tuple((name, _encoder(ann)) for name, ann, _ in self.spec())
-            type(self)._encode_cache = plan  # type: ignore[attr-defined]
-        return [getattr(self, name) if enc is None else enc(getattr(self, name))
-                for name, enc in plan]
-
     @classmethod
     def spec(cls) -> tuple[tuple[str, Any, bool], ...]:
         cached = cls.__dict__.get("_spec_cache")
@@ -77,9 +68,9 @@ class Struct:
 
     @classmethod
     def from_wire(cls, raw: Any, limits: Limits = DEFAULT_LIMITS, depth: int = 0):
-        fast = cls.__dict__.get("_fast_cache")
+        fast = cls.__dict__.get("_from_wire_cache")
         if fast is None:
-            fast = cls._fast_cache = _generate(cls)  # type: ignore[attr-defined]
+            fast = cls._from_wire_cache = _generate_from_wire(cls)  # type: ignore[attr-defined]
         try:
             return fast(raw, limits, depth)
         except Exception:  # not the common case: the checks below decide, and name the fault
@@ -129,7 +120,7 @@ class _Reject(Exception):
     """The generated fast path declines: the checked path decides (and names the fault)."""
 
 
-def _generate(cls) -> Any:
+def _generate_from_wire(cls) -> Any:
     """``cls.from_wire``'s common case as one generated function: the same checks as the
     compiled per-field checkers, inlined (no call per field or list item), for a message that
     is valid. Anything it does not accept, it declines (``_Reject`` or any exception) and the

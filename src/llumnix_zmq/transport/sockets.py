@@ -12,6 +12,13 @@ DEFAULT_HWM = 100_000
 DEFAULT_MAX_MSG = 64 << 20  # bytes; ZMQ_MAXMSGSIZE drops peers sending larger frames
 
 
+def plain_context(ctx: zmq.asyncio.Context | zmq.Context) -> zmq.Context:
+    """A plain (non-asyncio) context on the same ZeroMQ context: its sockets are read from the
+    loop's readiness callback (transport/reader.py, dispatcher.Router) or sent on without a
+    Future (worker/outputs.py)."""
+    return zmq.Context.shadow(ctx.underlying) if isinstance(ctx, zmq.asyncio.Context) else ctx
+
+
 @dataclass(frozen=True)
 class CurveKeys:
     """This side's keypair and, for clients, the server's public key (z85 bytes)."""

@@ -22,7 +22,7 @@ from zmq.utils.monitor import recv_monitor_message
 
 from ..protocol.codec import encode
 from ..protocol.messages import TokenBatch, TokenDelta
-from ..transport.sockets import make_socket
+from ..transport.sockets import make_socket, plain_context
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ class OutputSender:
     within ``gone_after_s`` (its process died: its clients are gone too)."""
 
     def __init__(self, ctx, instance_id: str, curve=None, on_gone=None, gone_after_s: float = 2.0):
-        self.ctx = zmq.Context.shadow(ctx.underlying) if hasattr(ctx, "underlying") else ctx
+        self.ctx = plain_context(ctx)
         self.instance_id = instance_id
         self.curve = curve
         self.on_gone = on_gone

@@ -51,7 +51,7 @@ from ..protocol.messages import (
 from ..security.curve import watch
 from ..transport.dispatcher import Router
 from ..transport.rpc import RpcClient, RpcError
-from ..transport.sockets import bound_address, make_socket
+from ..transport.sockets import bound_address, make_socket, plain_context
 from .migration import MigrationCoordinator
 from .outputs import OutputSender
 from .pacing import StepPacer
@@ -70,7 +70,7 @@ class WorkerService:
         self.security = security
         self.client_keys = security.client() if security else None
         # a plain socket: the Router receives from the fd itself (transport/dispatcher.py)
-        self.recv_from_peers = make_socket(zmq.Context.shadow(ctx.underlying), zmq.ROUTER,
+        self.recv_from_peers = make_socket(plain_context(ctx), zmq.ROUTER,
                                            cfg.bind, bind=True,
                                            curve=security.server() if security else None)
         self.address = cfg.advertise or bound_address(self.recv_from_peers)
